@@ -1,0 +1,11 @@
+"""A benchmarking and research harness for fine-tuning strategies in PyTorch.
+
+``python -m harness study finetune_vs_probe`` runs the default study; ``harness.load(run_dir)``
+reads a finished run's tables back as pandas.
+"""
+
+from harness.errors import UserError
+from harness.tables import load
+
+__all__ = ["UserError", "load"]
+__version__ = "0.1.0"

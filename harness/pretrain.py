@@ -1,0 +1,114 @@
+"""Pretraining on the source task, cached on disk by a hash of its recipe.
+
+The source task is part of the study, so backbones are trained here rather than downloaded. A
+checkpoint is ``<cache>/pretrained/<key>.pt`` with ``<key>.json`` beside it holding the recipe,
+the source validation accuracy and the checkpoint's SHA-256. The JSON is written last, so a
+checkpoint without it is incomplete; a checkpoint whose digest, format or weights do not match is
+corrupt. Either way it is rebuilt. Checkpoints load with ``weights_only=True``.
+
+The cache lives in ``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/finetune-harness``, else
+``~/.cache/finetune-harness``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from harness.data import load_task
+from harness.loop import LoopConfig, train
+from harness.models import blocks, build_model
+from harness.spec import PretrainRecipe
+from harness.strategy import Phase, Plan
+from harness._io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["Pretrained", "cache_dir", "pretrained_backbone", "recipe_key"]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the checkpoint layout or the pretraining code changes its result
+
+
+def recipe_key(recipe: PretrainRecipe) -> str:
+    """The cache key: a hash of the recipe and of the checkpoint format."""
+    blob = json.dumps({**asdict(recipe), "format": CACHE_FORMAT}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    recipe: PretrainRecipe
+    state_dict: dict[str, torch.Tensor]
+    source_val_accuracy: float
+    cached: bool  # True when loaded from the cache, False when trained by this call
+    seconds: float  # pretraining wall time (of the run that built the checkpoint)
+    path: Path
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HARNESS_CACHE_DIR"):
+        return Path(os.environ["HARNESS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "finetune-harness"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_cached(recipe: PretrainRecipe, ckpt: Path, meta: Path) -> Pretrained | None:
+    """The cached checkpoint, or None (with a warning) when it is missing, incomplete or corrupt."""
+    if not ckpt.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info["sha256"] != _sha256(ckpt):
+            raise ValueError("checksum mismatch")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        task_classes = len(recipe.classes)
+        build_model(recipe.model, int(info["in_channels"]), task_classes).load_state_dict(state)
+    except Exception as e:  # any defect of the file means: rebuild it
+        log.warning("pretrained checkpoint %s is unusable (%s: %s); rebuilding it", ckpt, type(e).__name__, e)
+        return None
+    return Pretrained(recipe, state, float(info["source_val_accuracy"]), True, float(info["seconds"]), ckpt)
+
+
+def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cpu") -> Pretrained:
+    """The backbone pretrained by ``recipe``: from the cache when present and sound, else trained now."""
+    root = cache_dir() / "pretrained"
+    ckpt, meta = root / f"{recipe_key(recipe)}.pt", root / f"{recipe_key(recipe)}.json"
+    cached = _load_cached(recipe, ckpt, meta)
+    if cached is not None:
+        return cached
+
+    task = load_task(recipe.dataset, recipe.classes, device=device)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, task.input_shape[0], task.n_classes).to(device)
+    plan = Plan((Phase("pretrain", 0, trainable=tuple(blocks(model)), bn_mode="train"),))
+    cfg = LoopConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                     weight_decay=recipe.weight_decay, seed=recipe.seed)
+    t0 = time.perf_counter()
+    result = train(model, plan, task.train, task.val, cfg)
+    seconds = time.perf_counter() - t0
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(ckpt, buf.getvalue())
+    val_acc = result.epochs[-1].val_accuracy
+    info = {
+        "recipe": asdict(recipe), "format": CACHE_FORMAT, "sha256": _sha256(ckpt),
+        "in_channels": task.input_shape[0], "source_val_accuracy": val_acc, "seconds": seconds,
+    }
+    atomic_write_text(meta, json.dumps(info, indent=2))
+    return Pretrained(recipe, state, val_acc, False, seconds, ckpt)

@@ -1,0 +1,96 @@
+"""The Markdown report of a run, written from its tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from harness._io import atomic_write_text
+
+__all__ = ["summary_view", "markdown_table", "write_markdown"]
+
+
+def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as people read it: accuracy as mean ± CI in percent, speed, memory."""
+
+    def acc(row) -> str:
+        if pd.isna(row["test_acc_mean"]):
+            return "failed"
+        ci = "" if pd.isna(row["test_acc_ci95"]) else f" ± {100 * row['test_acc_ci95']:.1f}"
+        return f"{100 * row['test_acc_mean']:.1f}{ci}"
+
+    return pd.DataFrame({
+        "budget": summary["budget"],
+        "strategy": summary["strategy"],
+        "test acc % (95% CI)": summary.apply(acc, axis=1),
+        "seeds": summary["n_seeds"],
+        "best val %": (100 * summary["best_val_acc"]).round(1),
+        "samples/s": summary["samples_per_s"].round(0),
+        "peak MiB": summary["peak_memory_mib"].round(0),
+        "BN": summary["bn_mode"],
+        "trials ok/pruned/failed": summary.apply(
+            lambda r: f"{r['trials_ok']}/{r['trials_pruned']}/{r['trials_failed']}", axis=1),
+    })
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in row]
+                                               for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "---|" * len(df.columns))
+    return "\n".join(lines)
+
+
+def write_markdown(run_dir: str | Path, spec: dict, env: dict, summary: pd.DataFrame,
+                   measurements: pd.DataFrame, seconds: float) -> Path:
+    run_dir = Path(run_dir)
+    pre = measurements[(measurements["stage"] == "pretrain") & (measurements["metric"] == "accuracy")]
+    pretrain_line = ""
+    if len(pre):
+        cached = measurements[(measurements["stage"] == "pretrain")
+                              & (measurements["metric"] == "loaded_from_cache")]["value"].iloc[0]
+        pretrain_line = (f"Backbone pretrained on `{spec['pretrain']['dataset']}` classes "
+                         f"{spec['pretrain']['classes']}: source validation accuracy "
+                         f"{100 * pre['value'].iloc[0]:.1f}% "
+                         f"({'loaded from cache' if cached else 'trained in this run'}).\n\n")
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    text = f"""# {spec['name']}: run {env['run_id']}
+
+{spec['description']}
+
+Target: `{spec['dataset']}` classes {spec['classes']}, model `{spec['model']}`, device `{env['device']}`
+({env['device_name']}), execution `{spec['execution']}`, {spec['epochs']} epochs, batch {spec['batch_size']}.
+Each cell: {spec['trials']} Optuna trials selected on validation accuracy, then the best config
+re-run with {spec['seeds']} seeds; test accuracy is mean ± 95% CI (Student's t) over those seeds.
+Throughput is steady-state training samples/s (warm-up steps excluded), median over the re-runs.
+
+{pretrain_line}## Summary
+
+{markdown_table(summary_view(summary))}
+
+![accuracy vs throughput](plots/accuracy_vs_throughput.png)
+
+![learning curves](plots/learning_curves.png)
+
+## Best configurations
+
+{markdown_table(summary[["budget", "strategy", "best_params"]])}
+
+## Environment
+
+{versions}; git `{env['git_commit']}`; {env['torch_threads']} torch threads on {env['cpu_model']}.
+Wall time of the run: {seconds:.0f} s. Files: `measurements.csv` (tidy, one value per row),
+`trials.csv`, `summary.csv`, `env.json`, `spec.json`.
+
+<details><summary>spec.json</summary>
+
+```json
+{json.dumps(spec, indent=2)}
+```
+</details>
+"""
+    path = run_dir / "report.md"
+    atomic_write_text(path, text)
+    return path

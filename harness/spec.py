@@ -1,0 +1,177 @@
+"""Frozen specs: what a study compares (:class:`StudySpec`) and what one trial runs (:class:`TrialConfig`).
+
+A study is found by name in the ``STUDIES`` registry or read from a TOML file whose keys are
+the fields of :class:`StudySpec` (a ``[pretrain]`` table for :class:`PretrainRecipe`); unknown
+keys fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import UserError
+from harness.registry import DATASETS, MODELS, STRATEGIES, STUDIES
+
+__all__ = ["PretrainRecipe", "StudySpec", "TrialConfig", "load_study", "resolve_device",
+           "budget_label"]
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Everything that determines a pretrained backbone; its hash is the cache key."""
+
+    model: str = "small_cnn"
+    dataset: str = "mnist5k"
+    classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+def budget_label(shots: int | None) -> str:
+    return "all" if shots is None else str(shots)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A grid of cells (label budget x strategy), each searched by Optuna with the same trial budget."""
+
+    name: str
+    description: str
+    dataset: str  # the target task
+    classes: tuple[int, ...] | None  # target classes; None means all
+    strategies: tuple[str, ...]
+    budgets: tuple[int | None, ...] = (None,)  # labelled examples per class; None means all
+    model: str = "small_cnn"
+    pretrain: PretrainRecipe | None = None  # None trains from scratch
+    epochs: int = 10
+    batch_size: int = 64
+    trials: int = 8  # Optuna trials per cell, the same for every strategy
+    seeds: int = 3  # re-runs of each cell's best config, for the test-accuracy CI
+    device: str = "cpu"
+    execution: str = "eager"
+    sampler_seed: int = 0
+
+    def cells(self) -> list[tuple[int | None, str]]:
+        return [(b, s) for b in self.budgets for s in self.strategies]
+
+    @staticmethod
+    def cell_id(budget: int | None, strategy: str) -> str:
+        return f"shots={budget_label(budget)}/{strategy}"
+
+    def validate(self) -> StudySpec:
+        """Raise :class:`UserError` for the first thing that cannot run; return self."""
+        for strategy in self.strategies:
+            STRATEGIES.get(strategy)
+        DATASETS.get(self.dataset)
+        MODELS.get(self.model)
+        if self.pretrain is not None:
+            DATASETS.get(self.pretrain.dataset)
+            MODELS.get(self.pretrain.model)
+        for name in ("trials", "seeds", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, but got {value!r}.")
+        for b in self.budgets:
+            if b is not None and (not isinstance(b, int) or b < 1):
+                raise UserError(f"each budget must be a positive number of shots per class or "
+                                f"'all', but got {b!r}.")
+        if self.execution != "eager":
+            raise UserError(f"execution must be 'eager', but got {self.execution!r}.")
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One training run of one strategy with one set of hyperparameters and one seed."""
+
+    study: str
+    cell: str
+    stage: str  # "search" or "final"
+    trial: int
+    seed: int
+    strategy: str
+    hp: Mapping[str, Any] = field(hash=False)
+    dataset: str = "mnist5k"
+    classes: tuple[int, ...] | None = None
+    shots: int | None = None
+    model: str = "small_cnn"
+    device: str = "cpu"
+    execution: str = "eager"
+    epochs: int = 10
+    batch_size: int = 64
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for ``device``, or a :class:`UserError` saying why it cannot be used."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} is not available: this machine has no CUDA GPU "
+                            "(torch.cuda.is_available() is False); use --device cpu.")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} does not exist: this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s).")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} is not available on this machine; use --device cpu.")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps.")
+    return d
+
+
+def _from_toml(path: Path) -> StudySpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"cannot read study file {str(path)!r}: {e}") from None
+    known = {f.name for f in dataclasses.fields(StudySpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"unknown key(s) {unknown} in {str(path)!r}; allowed: {sorted(known)}.")
+    if "pretrain" in raw:
+        pknown = {f.name for f in dataclasses.fields(PretrainRecipe)}
+        bad = sorted(set(raw["pretrain"]) - pknown)
+        if bad:
+            raise UserError(f"unknown key(s) {bad} in [pretrain] of {str(path)!r}; "
+                            f"allowed: {sorted(pknown)}.")
+        p = dict(raw["pretrain"])
+        p["classes"] = tuple(p.get("classes", PretrainRecipe.classes))
+        raw["pretrain"] = PretrainRecipe(**p)
+    raw.setdefault("name", path.stem)
+    raw.setdefault("description", f"study from {path}")
+    for key in ("strategies", "classes"):
+        if raw.get(key) is not None:
+            raw[key] = tuple(raw[key])
+    if "budgets" in raw:
+        raw["budgets"] = tuple(None if b == "all" else b for b in raw["budgets"])
+    missing = [k for k in ("dataset", "strategies") if k not in raw]
+    if missing:
+        raise UserError(f"study file {str(path)!r} lacks required key(s) {missing}.")
+    raw.setdefault("classes", None)
+    return StudySpec(**raw)
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    """The registered study ``name_or_path``, or the study in that TOML file."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"study file {name_or_path!r} does not exist.")
+        return _from_toml(path)
+    return STUDIES.get(name_or_path)()

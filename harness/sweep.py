@@ -1,0 +1,179 @@
+"""Run a study: a grid of cells, an Optuna study per cell, seeded re-runs of each cell's best config.
+
+Fairness: every cell gets the same number of Optuna trials, and every search trial of every
+cell uses the same seed, so strategies differ only in what they do. Selection uses the
+**validation** accuracy; the best config of each cell is then re-run with ``spec.seeds`` fresh
+seeds, and only those runs measure the **test** split.
+
+Storage: SQLite in the run folder by default; any Optuna storage URL otherwise. Each cell's
+Optuna study is named ``<study>/<run_id>/<cell>``, so several runs can share one database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from tqdm.auto import tqdm
+
+from harness._io import atomic_write_text
+from harness.data import load_task
+from harness.measure import environment
+from harness.pretrain import Pretrained, pretrained_backbone, recipe_key
+from harness.registry import STRATEGIES
+from harness.spec import StudySpec, TrialConfig, budget_label, resolve_device
+from harness.tables import Measurement, measurements_frame, summarize, write_csv
+from harness.trial import TrialContext, TrialResult, run_trial
+
+__all__ = ["run_study", "StudyRun", "SEARCH_SEED", "FINAL_SEEDS", "redact_url"]
+
+SEARCH_SEED = 0  # every search trial of every cell: configs differ, initialisation and order do not
+FINAL_SEEDS = 1000  # re-runs use FINAL_SEEDS + i, never the search seed
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    run_dir: Path
+    summary: pd.DataFrame
+    seconds: float
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs, tables and reports."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained) -> list[Measurement]:
+    r = pre.recipe
+    base = Measurement(
+        run_id=run_id, study=spec.name, cell="pretrain", stage="pretrain", trial=0, phase="pretrain",
+        strategy="pretrain", dataset=r.dataset, model=r.model, budget="all", device=spec.device,
+        execution=spec.execution, seed=r.seed, split="source_val", metric="accuracy",
+        value=pre.source_val_accuracy, unit="fraction", epoch=None, status="ok",
+    )
+    return [base, replace(base, split="train", metric="pretrain_time_s", value=pre.seconds, unit="s"),
+            replace(base, split="train", metric="loaded_from_cache", value=float(pre.cached), unit="bool")]
+
+
+def _trial_row(res: TrialResult) -> dict:
+    c = res.config
+    row = {
+        "run_id": res.records[0].run_id if res.records else "", "study": c.study, "cell": c.cell,
+        "stage": c.stage, "trial": c.trial, "seed": c.seed, "strategy": c.strategy,
+        "budget": budget_label(c.shots), "dataset": c.dataset, "model": c.model, "device": c.device,
+        "execution": c.execution, "status": res.status, "error": res.error, "bn_mode": res.bn_mode,
+        "val_accuracy": res.val_accuracy, "test_accuracy": res.test_accuracy,
+        "seconds": res.seconds, "params": json.dumps(dict(c.hp), sort_keys=True),
+    }
+    row.update({f"param_{k}": v for k, v in c.hp.items()})
+    return row
+
+
+def run_study(
+    spec: StudySpec,
+    out_root: str | Path = "results",
+    storage: str | None = None,
+    progress: bool = True,
+) -> StudyRun:
+    """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``."""
+    from harness import plots, report  # the last stages; imported here to keep the flow one-way
+
+    spec.validate()
+    device = resolve_device(spec.device)
+    t_start = time.perf_counter()
+    run_id = new_run_id()
+    run_dir = Path(out_root) / spec.name / run_id
+    run_dir.mkdir(parents=True)
+    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    env = environment(device)
+    env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
+               final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
+    atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
+    spec_dict = spec.to_dict()
+    if spec.pretrain is not None:
+        spec_dict["pretrain_key"] = recipe_key(spec.pretrain)
+    atomic_write_text(run_dir / "spec.json", json.dumps(spec_dict, indent=2))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows: list[Measurement] = []
+    trial_rows: list[dict] = []
+    pre = None
+    if spec.pretrain is not None:
+        pre = pretrained_backbone(spec.pretrain, device)
+        rows += _pretrain_rows(run_id, spec, pre)
+
+    bar = tqdm(total=len(spec.cells()) * (spec.trials + spec.seeds), desc=spec.name,
+               unit="trial", disable=not progress)
+    tasks = {}
+    for budget, strategy_name in spec.cells():
+        if budget not in tasks:
+            tasks[budget] = load_task(spec.dataset, spec.classes, budget, device)
+        ctx = TrialContext(run_id, tasks[budget], pre.state_dict if pre else None)
+        cell = spec.cell_id(budget, strategy_name)
+        strategy = STRATEGIES.get(strategy_name)()
+        template = TrialConfig(
+            study=spec.name, cell=cell, stage="search", trial=0, seed=SEARCH_SEED,
+            strategy=strategy_name, hp={}, dataset=spec.dataset, classes=spec.classes, shots=budget,
+            model=spec.model, device=spec.device, execution=spec.execution, epochs=spec.epochs,
+            batch_size=spec.batch_size,
+        )
+
+        def collect(res: TrialResult) -> None:
+            rows.extend(res.records)
+            trial_rows.append(_trial_row(res))
+            bar.set_postfix_str(f"{cell} {res.status} val={res.val_accuracy:.3f}")
+            bar.update()
+
+        def objective(trial: optuna.Trial) -> float:
+            hp = strategy.search_space(trial)
+            trial.set_user_attr("hp", hp)
+
+            def report_epoch(rec):
+                trial.report(rec.val_accuracy, rec.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+            res = run_trial(replace(template, trial=trial.number, hp=hp), ctx, report_epoch)
+            collect(res)
+            trial.set_user_attr("status", res.status)
+            if res.error:
+                trial.set_user_attr("error", res.error)
+            if res.status == "pruned":
+                raise optuna.TrialPruned()
+            return res.val_accuracy  # NaN for a failed trial: Optuna marks it FAIL and goes on
+
+        study = optuna.create_study(
+            storage=storage_url, study_name=f"{spec.name}/{run_id}/{cell}", direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed),
+        )
+        study.optimize(objective, n_trials=spec.trials)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not done:
+            bar.update(spec.seeds)  # nothing to re-run: the cell shows as failed in the tables
+            continue
+        best_hp = study.best_trial.user_attrs["hp"]
+        for i in range(spec.seeds):
+            collect(run_trial(replace(template, stage="final", trial=i, seed=FINAL_SEEDS + i,
+                                      hp=best_hp), ctx))
+    bar.close()
+
+    measurements = measurements_frame(rows)
+    trials = pd.DataFrame(trial_rows)
+    summary = summarize(measurements, trials)
+    write_csv(run_dir / "measurements.csv", measurements)
+    write_csv(run_dir / "trials.csv", trials)
+    write_csv(run_dir / "summary.csv", summary)
+    plots.write_all(run_dir, measurements, summary)
+    seconds = time.perf_counter() - t_start
+    report.write_markdown(run_dir, spec_dict, env, summary, measurements, seconds)
+    return StudyRun(run_dir, summary, seconds)

@@ -1,0 +1,163 @@
+"""Tidy long-format records, their tables on disk, and ``load()`` to read a run back.
+
+One value per row of ``measurements.csv``; the columns (``COLUMNS``, documented in
+``results/README.md``):
+
+=========  ===============================================================================
+run_id     the run's folder name
+study      the study's name
+cell       the grid cell, e.g. ``shots=10/linear_probe``
+stage      ``pretrain``, ``search`` (Optuna trials, selected on val) or ``final`` (seed re-runs of the best config)
+trial      Optuna trial number in ``search``; the re-run's index in ``final``
+phase      the strategy's phase (``probe``, ``finetune`` ...) or ``all`` for the whole run
+strategy   registered strategy name
+dataset    target dataset
+model      backbone
+budget     labelled training examples per class (``all`` for the whole training split)
+device     ``cpu``, ``cuda:0`` ...
+execution  ``eager`` (``compiled:<mode>`` later)
+seed       the run's seed
+split      ``train``, ``val``, ``test`` or ``source_val``
+metric     ``accuracy``, ``loss``, ``samples_per_s``, ``step_p50_s`` ...
+value      the number
+unit       ``fraction``, ``nats``, ``samples/s``, ``s``, ``bytes``, ``count``
+epoch      epoch for per-epoch values, empty for whole-run values
+status     ``ok``, ``pruned`` or ``failed`` (the trial's)
+=========  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness._io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["Measurement", "COLUMNS", "RunTables", "atomic_write_text", "atomic_write_bytes",
+           "write_csv", "load"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    run_id: str
+    study: str
+    cell: str
+    stage: str
+    trial: int
+    phase: str
+    strategy: str
+    dataset: str
+    model: str
+    budget: str
+    device: str
+    execution: str
+    seed: int
+    split: str
+    metric: str
+    value: float
+    unit: str
+    epoch: int | None
+    status: str
+
+
+COLUMNS = tuple(f.name for f in fields(Measurement))
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    atomic_write_text(path, df.to_csv(index=False))
+
+
+def measurements_frame(rows: list[Measurement]) -> pd.DataFrame:
+    df = pd.DataFrame([asdict(r) for r in rows], columns=list(COLUMNS))
+    df["epoch"] = df["epoch"].astype("Int64")
+    return df
+
+
+@dataclass(frozen=True)
+class RunTables:
+    """A run read back: the tidy table, the trials and summary tables, the environment and spec."""
+
+    measurements: pd.DataFrame
+    trials: pd.DataFrame
+    summary: pd.DataFrame
+    env: dict[str, Any]
+    spec: dict[str, Any]
+
+
+def load(run_dir: str | Path) -> RunTables:
+    """Read the tables a study wrote into ``run_dir``.
+
+    >>> run = load("results/finetune_vs_probe/20261128-201700-ab12")   # doctest: +SKIP
+    >>> run.measurements.query("metric == 'accuracy' and split == 'test'")   # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "measurements.csv").exists():
+        from harness.errors import UserError
+
+        raise UserError(f"{str(run_dir)!r} holds no measurements.csv; pass a run folder "
+                        "such as results/finetune_vs_probe/<run_id>.")
+    m = pd.read_csv(run_dir / "measurements.csv", dtype={"budget": str})
+    m["epoch"] = m["epoch"].astype("Int64")
+    return RunTables(
+        measurements=m,
+        trials=pd.read_csv(run_dir / "trials.csv", dtype={"budget": str}),
+        summary=pd.read_csv(run_dir / "summary.csv", dtype={"budget": str}),
+        env=json.loads((run_dir / "env.json").read_text()),
+        spec=json.loads((run_dir / "spec.json").read_text()),
+    )
+
+
+def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
+    """Mean, half-width of the 95% confidence interval (Student's t) and the count of ``values``."""
+    import numpy as np
+    from scipy import stats
+
+    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+SUMMARY_COLUMNS = (
+    "cell", "budget", "strategy", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
+    "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "bn_mode", "best_params",
+    "trials_ok", "trials_pruned", "trials_failed",
+)
+
+
+def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: test accuracy over the final seeds (mean, 95% CI), speed and memory."""
+    rows = []
+    if trials.empty:
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    m = measurements[(measurements["stage"] == "final") & (measurements["status"] == "ok")]
+    for cell, g in trials.groupby("cell", sort=False):
+        search = g[g["stage"] == "search"]
+        final = g[(g["stage"] == "final") & (g["status"] == "ok")]
+        mean, half, n = mean_ci95(final["test_accuracy"])
+        mc = m[m["cell"] == cell]
+        speed = mc[(mc["metric"] == "samples_per_s") & (mc["phase"] == "all")]["value"]
+        peak = mc[mc["metric"].isin(["peak_cpu_rss", "peak_cuda_allocated",
+                                     "peak_cpu_rss_process_lifetime"])]["value"]
+        ok_search = search[search["status"] == "ok"]
+        rows.append({
+            "cell": cell, "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
+            "n_seeds": n, "test_acc_mean": mean, "test_acc_ci95": half,
+            "test_acc_low": mean - half, "test_acc_high": mean + half,
+            "best_val_acc": ok_search["val_accuracy"].max() if len(ok_search) else float("nan"),
+            "samples_per_s": speed.median(), "peak_memory_mib": peak.median() / 2**20,
+            "bn_mode": (final if len(final) else search)["bn_mode"].iloc[0],
+            "best_params": final["params"].iloc[0] if len(final) else "",
+            "trials_ok": int((search["status"] == "ok").sum()),
+            "trials_pruned": int((search["status"] == "pruned").sum()),
+            "trials_failed": int((search["status"] == "failed").sum()),
+        })
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

@@ -1,0 +1,148 @@
+"""Run one :class:`~harness.spec.TrialConfig`; every failure becomes a status and a reason.
+
+A trial builds the backbone (with the pretrained weights and a fresh head when the study has a
+source task), asks the strategy for its plan, trains it with the one loop under
+:class:`~harness.measure.PeakMemory`, and turns what happened into :class:`Measurement` rows.
+A raised exception, a NaN loss or an out-of-memory error gives ``status="failed"`` and the
+error text; Optuna's pruning gives ``status="pruned"``. Test accuracy is measured only for
+``stage="final"`` runs: selection never sees the test split.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import optuna
+import torch
+
+from harness.data import Task
+from harness.loop import EpochRecord, LoopConfig, LoopResult, evaluate, train
+from harness.measure import PeakMemory
+from harness.models import blocks, build_model, count_parameters, replace_head
+from harness.registry import STRATEGIES
+from harness.spec import TrialConfig, budget_label
+from harness.tables import Measurement
+
+__all__ = ["TrialContext", "TrialResult", "run_trial"]
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the trials of one cell share: the run's id, the task on the device, the backbone weights."""
+
+    run_id: str
+    task: Task
+    pretrained: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    config: TrialConfig
+    status: str  # "ok", "pruned" or "failed"
+    error: str
+    val_accuracy: float  # after the last completed epoch; NaN when none completed
+    test_accuracy: float | None  # final runs only
+    seconds: float
+    bn_mode: str
+    records: tuple[Measurement, ...]
+
+
+def build_trial_model(cfg: TrialConfig, ctx: TrialContext) -> torch.nn.Sequential:
+    """The trial's model: seeded, pretrained weights loaded, a fresh head for the target classes."""
+    torch.manual_seed(cfg.seed)
+    task = ctx.task
+    if ctx.pretrained is None:
+        model = build_model(cfg.model, task.input_shape[0], task.n_classes)
+    else:
+        n_source = ctx.pretrained["head.weight"].shape[0]
+        model = build_model(cfg.model, task.input_shape[0], n_source)
+        model.load_state_dict(ctx.pretrained)
+        replace_head(model, task.n_classes)
+    return model.to(task.train.x.device)
+
+
+def run_trial(
+    cfg: TrialConfig,
+    ctx: TrialContext,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrialResult:
+    """Train and measure ``cfg``; never raises except for KeyboardInterrupt."""
+    t0 = time.perf_counter()
+    epochs: list[EpochRecord] = []
+    status, error, bn_mode = "ok", "", ""
+    result: LoopResult | None = None
+    mem = PeakMemory(ctx.task.train.x.device)
+    test_acc = None
+    n_trainable = 0
+
+    def record_epoch(rec: EpochRecord) -> None:
+        epochs.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+
+    try:
+        strategy = STRATEGIES.get(cfg.strategy)()
+        model = build_trial_model(cfg, ctx)
+        plan = strategy.plan(blocks(model), cfg.hp, cfg.epochs)
+        plan.validate(blocks(model), cfg.epochs)
+        bn_mode = plan.bn_modes
+        loop_cfg = LoopConfig(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=float(cfg.hp["lr"]),
+            weight_decay=float(cfg.hp.get("weight_decay", 0.0)), seed=cfg.seed,
+        )
+        with mem:
+            result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
+        n_trainable = count_parameters(model, trainable_only=True)
+        if cfg.stage == "final":
+            test_acc, _ = evaluate(model, ctx.task.test)
+    except optuna.TrialPruned:
+        status = "pruned"
+    except Exception as e:  # a failed trial is a row, not a crash of the study
+        status = "failed"
+        error = f"{type(e).__name__}: {e}".strip()
+        if not str(e):
+            error += " " + traceback.format_exc(limit=-1).strip().splitlines()[-1]
+    seconds = time.perf_counter() - t0
+    val_acc = epochs[-1].val_accuracy if epochs else float("nan")
+    records = _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainable)
+    return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records))
+
+
+def _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainable):
+    base = Measurement(
+        run_id=ctx.run_id, study=cfg.study, cell=cfg.cell, stage=cfg.stage, trial=cfg.trial,
+        phase="all", strategy=cfg.strategy, dataset=cfg.dataset, model=cfg.model,
+        budget=budget_label(cfg.shots), device=cfg.device, execution=cfg.execution, seed=cfg.seed,
+        split="train", metric="", value=float("nan"), unit="", epoch=None, status=status,
+    )
+    rows = []
+
+    def add(metric, value, unit, **kw):
+        rows.append(replace(base, metric=metric, value=float(value), unit=unit, **kw))
+
+    for e in epochs:
+        add("loss", e.train_loss, "nats", phase=e.phase, epoch=e.epoch)
+        add("lr", e.lr, "1", phase=e.phase, epoch=e.epoch)
+        add("accuracy", e.val_accuracy, "fraction", phase=e.phase, split="val", epoch=e.epoch)
+        add("loss", e.val_loss, "nats", phase=e.phase, split="val", epoch=e.epoch)
+    if epochs:
+        add("accuracy", epochs[-1].val_accuracy, "fraction", split="val")
+    if test_acc is not None:
+        add("accuracy", test_acc, "fraction", split="test")
+    if result is not None:
+        for phase, tp in result.throughput.items():
+            add("samples_per_s", tp.samples_per_s, "samples/s", phase=phase)
+            add("step_p50_s", tp.step_p50_s, "s", phase=phase)
+            add("step_p90_s", tp.step_p90_s, "s", phase=phase)
+            add("timed_steps", tp.timed_steps, "count", phase=phase)
+            add("warmup_steps", tp.warmup_steps, "count", phase=phase)
+        add("train_time_s", result.train_seconds, "s")
+        add(f"peak_{mem.kind}", mem.peak_bytes, "bytes")
+        if mem.kind == "cuda_allocated":
+            add("peak_cuda_reserved", mem.reserved_bytes, "bytes")
+        add("trainable_params", n_trainable, "count")
+    add("trial_time_s", seconds, "s")
+    return rows

@@ -1,0 +1,19 @@
+"""Linear probe: the pretrained backbone stays fixed, only a new classification head trains."""
+
+from harness.registry import STRATEGIES
+from harness.strategy import Phase, Plan, Strategy
+
+
+@STRATEGIES.register("linear_probe")
+class LinearProbe(Strategy):
+    description = "train only the new head; backbone and its BatchNorm statistics fixed"
+
+    def search_space(self, trial):
+        return {
+            # a lone linear layer on fixed features tolerates larger steps than the whole network
+            "lr": trial.suggest_float("lr", 1e-3, 1.0, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        }
+
+    def plan(self, blocks, hp, epochs):
+        return Plan((Phase("probe", 0, trainable=(blocks[-1],), bn_mode="eval"),))

@@ -1,0 +1,1 @@
+"""Named studies, one module each, registered with ``STUDIES.register``; discovered on first use."""

@@ -1,0 +1,32 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Pretrained checkpoints of the test session go to a fresh folder, never the user's cache."""
+    path = tmp_path_factory.mktemp("harness-cache")
+    old = os.environ.get("HARNESS_CACHE_DIR")
+    os.environ["HARNESS_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HARNESS_CACHE_DIR", None)
+    else:
+        os.environ["HARNESS_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``python -m harness ARGS`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    def run(*args, cwd=None, timeout=600):
+        return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                              text=True, cwd=cwd or ROOT, timeout=timeout, env=os.environ.copy())
+
+    return run

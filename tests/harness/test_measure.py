@@ -1,0 +1,42 @@
+import time
+
+import pytest
+import torch
+
+from harness.measure import PeakMemory, clock, environment, steady_state
+
+
+def test_steady_state_leaves_out_warmup_and_divides_samples_by_time():
+    tp = steady_state([10.0, 5.0, 1.0, 1.0, 2.0], [8, 8, 8, 8, 8], warmup=2)
+    assert tp.samples_per_s == pytest.approx(24 / 4.0)
+    assert (tp.timed_steps, tp.warmup_steps) == (3, 2)
+    assert tp.step_p50_s == 1.0
+
+
+def test_steady_state_without_timed_steps_is_nan_not_a_guess():
+    tp = steady_state([1.0, 1.0], [4, 4], warmup=3)
+    assert tp.timed_steps == 0 and tp.warmup_steps == 2 and tp.samples_per_s != tp.samples_per_s
+
+
+def test_clock_measures_a_known_sleep():
+    t0 = clock("cpu")
+    time.sleep(0.2)
+    assert 0.19 <= clock("cpu") - t0 < 0.5
+
+
+def test_cpu_peak_memory_sees_a_known_allocation():
+    size = 256 * 2**20
+    with PeakMemory("cpu") as base:
+        pass
+    with PeakMemory("cpu") as mem:
+        x = torch.ones(size // 4, dtype=torch.float32)  # touches every page
+        del x
+    assert mem.kind == "cpu_rss"
+    # the peak of this block rose by about the allocation, though the tensor was freed inside it
+    assert size * 0.9 <= mem.peak_bytes - base.peak_bytes <= size * 1.3
+
+
+def test_environment_records_versions_and_commit():
+    env = environment("cpu")
+    assert env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"]
+    assert env["device"] == "cpu" and env["torch_threads"] >= 1 and env["git_commit"]

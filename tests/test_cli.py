@@ -1,0 +1,56 @@
+"""The command line as a user meets it: exit codes, one-line errors, listings."""
+
+import pytest
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["study", "finetune_vs_prob"], "error: unknown study 'finetune_vs_prob'; did you mean 'finetune_vs_probe'?"),
+    (["study", "finetune_vs_probe", "--trials", "0"], "argument --trials: must be a positive integer, but got 0"),
+    (["study", "finetune_vs_probe", "--seeds", "three"], "argument --seeds: must be a positive integer, but got 'three'"),
+    (["study", "finetune_vs_probe", "--device", "tpu"], "error: unknown device 'tpu'"),
+    (["study", "missing.toml"], "error: study file 'missing.toml' does not exist."),
+    (["list", "widgets"], "invalid choice: 'widgets'"),
+])
+def test_user_mistakes_exit_2_with_one_line(run_cli, args, needle, tmp_path):
+    res = run_cli(*args, "--out", str(tmp_path)) if args[0] == "study" else run_cli(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('dataset = "digits"\nstrategies = ["linear_prob"]\n')
+    res = run_cli("study", str(f), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("error: unknown strategy 'linear_prob'; did you mean "
+                                  "'linear_probe'? available: full_finetune, linear_probe") or \
+        res.stderr.strip().startswith("error: unknown strategy 'linear_prob'; did you mean 'linear_probe'?")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_in_a_study_file_exits_2(run_cli, tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('dataset = "digits"\nstrategies = ["linear_probe"]\nepoch = 3\n')
+    res = run_cli("study", str(f))
+    assert res.returncode == 2 and "unknown key(s) ['epoch']" in res.stderr
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("strategies", "linear_probe"), ("studies", "finetune_vs_probe"),
+    ("datasets", "mnist5k"), ("models", "small_cnn"),
+])
+def test_list_shows_registered_entries_with_descriptions(run_cli, kind, expected):
+    res = run_cli("list", kind)
+    assert res.returncode == 0
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith(expected))
+    assert len(line.split(None, 1)) == 2  # a name and a description
+
+
+def test_help_explains_every_study_option(run_cli):
+    res = run_cli("study", "--help")
+    for opt in ("--trials", "--seeds", "--storage", "--out", "--device"):
+        assert opt in res.stdout
