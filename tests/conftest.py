@@ -20,13 +20,19 @@ def _isolated_cache(tmp_path_factory):
         os.environ["HARNESS_CACHE_DIR"] = old
 
 
-@pytest.fixture
-def run_cli():
+def _run_cli(*args, cwd=None, timeout=600):
     """Run ``python -m harness ARGS`` in a subprocess; returns the CompletedProcess."""
     import subprocess
 
-    def run(*args, cwd=None, timeout=600):
-        return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                              text=True, cwd=cwd or ROOT, timeout=timeout, env=os.environ.copy())
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=timeout, env=os.environ.copy())
 
-    return run
+
+@pytest.fixture
+def run_cli():
+    return _run_cli
+
+
+@pytest.fixture(scope="module")
+def run_cli_module():
+    return _run_cli
