@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _labels(text: str) -> tuple[str, ...]:
+    labels = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not labels:
+        raise argparse.ArgumentTypeError(f"must name at least one, but got {text!r}")
+    return labels
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m harness",
@@ -59,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", metavar="DIR", default="results",
                     help="root folder of run outputs; the run goes to DIR/<study>/<run_id> (default: results)")
     st.add_argument("--device", metavar="D", help="cpu, cuda, cuda:N or mps (default: the study's, cpu)")
+    st.add_argument("--executions", metavar="LIST", type=_labels,
+                    help="comma-separated executions, a grid axis: eager, compile, compile:MODE, "
+                         "each with optional +bf16, +fp16 (CUDA), +channels_last "
+                         "(default: the study's, eager)")
+    st.add_argument("--strategies", metavar="LIST", type=_labels,
+                    help="comma-separated strategies to compare (default: the study's)")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list registered strategies, datasets, models or studies",
@@ -101,7 +114,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     from harness.sweep import run_study
 
     spec = load_study(args.name)
-    overrides = {k: getattr(args, k) for k in ("trials", "seeds", "epochs", "device")}
+    overrides = {k: getattr(args, k)
+                 for k in ("trials", "seeds", "epochs", "device", "executions", "strategies")}
     spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
     spec.validate()
     run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)

@@ -4,13 +4,20 @@ What it does, precisely (the reference-loop test in ``tests/harness/test_loop.py
 
 - batches: each epoch draws ``torch.randperm(n, generator=g)`` from a CPU generator seeded with
   ``cfg.seed`` and takes consecutive slices of ``min(batch_size, n)``, dropping a last partial
-  batch, so every timed step has the same shape;
+  batch, so every timed step has the same shape (and a compiled model never recompiles for it);
 - at a phase's first epoch, it sets ``requires_grad`` from the phase, puts BatchNorm in the
   phase's mode, and builds a fresh optimizer over the parameters that train now (its state is
   for those parameters only);
 - optimizer: SGD with Nesterov momentum; one param group per trainable block carrying its
   ``lr_scale``; every step sets ``lr = cfg.lr * lr_scale * cosine(step / total_steps)`` in one
   place, so any schedule respects the scales;
+- execution (:class:`~harness.execution.Execution`): training steps run the model or its
+  ``torch.compile`` wrapper under autocast; evaluation always runs the eager module (same
+  parameters), so mode switches and partial eval batches never recompile the training graph;
+- stale compiled graphs: on the first step of every phase, every parameter the phase trains
+  must have received a gradient, else :class:`StaleGraphError`;
+- head-only phases with ``cache_features`` compute the frozen backbone's features of the train
+  and val splits once, then train (``sgd``) or fit (``lbfgs``, scikit-learn) the head on them;
 - after each epoch it evaluates on the validation split and calls ``on_epoch`` (where Optuna's
   pruning hooks in); a non-finite training loss stops the run with :class:`NonFiniteLossError`.
 """
@@ -18,6 +25,7 @@ What it does, precisely (the reference-loop test in ``tests/harness/test_loop.py
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -26,18 +34,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import Split
+from harness.execution import CompileCounter, Execution
 from harness.measure import Throughput, clock, steady_state
 from harness.strategy import Phase, Plan
 
-__all__ = ["LoopConfig", "EpochRecord", "LoopResult", "train", "evaluate", "apply_phase",
-           "NonFiniteLossError", "cosine"]
-
+__all__ = ["LoopConfig", "EpochRecord", "PhaseStats", "LoopResult", "train", "evaluate",
+           "apply_phase", "set_bn_mode", "NonFiniteLossError", "StaleGraphError", "cosine",
+           "ALL_PHASES"]
 
 ALL_PHASES = "all"  # the key of the whole-run throughput beside the per-phase ones
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class StaleGraphError(RuntimeError):
+    """A parameter the phase trains got no gradient: the step ran a graph built for another phase."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class LoopConfig:
     seed: int = 0
     warmup_steps: int = 3  # steps per phase left out of the throughput (allocator, caches, compile)
     eval_batch_size: int = 1024
+    execution: Execution = field(default_factory=Execution)
 
 
 @dataclass(frozen=True)
@@ -63,11 +77,25 @@ class EpochRecord:
 
 
 @dataclass
+class PhaseStats:
+    """What one phase cost: its steps' times, compilation and feature caching."""
+
+    step_seconds: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    graphs_compiled: int = 0  # graphs dynamo compiled during this phase's steps
+    compile_steps_s: float = 0.0  # wall time of the steps that compiled (compilation included)
+    timed_recompiles: int = 0  # graphs compiled inside the timed (post-warm-up) steps: should be 0
+    feature_cache_s: float = 0.0  # computing the frozen features once
+    solver_s: float = 0.0  # the lbfgs fit
+
+
+@dataclass
 class LoopResult:
     epochs: list[EpochRecord] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
-    throughput: dict[str, Throughput] = field(default_factory=dict)  # per phase
-    train_seconds: float = 0.0  # wall time of all training steps, warm-up included
+    phases: dict[str, PhaseStats] = field(default_factory=dict)
+    throughput: dict[str, Throughput] = field(default_factory=dict)  # per phase and ALL_PHASES
+    train_seconds: float = 0.0  # all training steps, feature caching and solver fits included
 
 
 def cosine(progress: float) -> float:
@@ -84,13 +112,14 @@ def apply_phase(model: nn.Sequential, phase: Phase) -> list[dict]:
     groups = []
     for name, block in model.named_children():
         in_phase = name in phase.trainable
+        suffixes = tuple(phase.param_suffixes.get(name, ()))
         params = []
         for mod in block.modules():
             for pname, p in mod.named_parameters(recurse=False):
                 train = (
                     in_phase
                     and not (phase.bn_mode == "frozen" and _is_bn(mod))
-                    and (phase.param_suffixes is None or pname.endswith(phase.param_suffixes))
+                    and (not suffixes or pname.endswith(suffixes))
                 )
                 p.requires_grad_(train)
                 if train:
@@ -110,18 +139,38 @@ def set_bn_mode(model: nn.Sequential, phase: Phase) -> None:
 
 
 @torch.no_grad()
+def _logits_in_batches(fn: Callable, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``split``."""
     was_training = model.training
     model.eval()
-    correct, loss = 0, 0.0
-    for i in range(0, len(split), batch_size):
-        logits = model(split.x[i : i + batch_size])
-        y = split.y[i : i + batch_size]
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+    logits = _logits_in_batches(model, split.x, batch_size).float()
     model.train(was_training)
-    return correct / len(split), loss / len(split)
+    return _scores(logits, split.y)
+
+
+def _scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return acc, F.cross_entropy(logits, y).item()
+
+
+def _fit_lbfgs(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, options: dict) -> None:
+    """Fit ``head`` as scikit-learn's L2-regularised multinomial logistic regression (L-BFGS)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=float(options.get("C", 1.0)), max_iter=int(options.get("max_iter", 1000)))
+    clf.fit(feats.double().cpu().numpy(), y.cpu().numpy())
+    w = torch.as_tensor(clf.coef_, dtype=head.weight.dtype, device=head.weight.device)
+    b = torch.as_tensor(clf.intercept_, dtype=head.bias.dtype, device=head.bias.device)
+    if w.shape[0] == 1:  # scikit-learn's binary case: one row for the positive class
+        w, b = torch.cat([-w / 2, w / 2]), torch.cat([-b / 2, b / 2])
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(b)
 
 
 def train(
@@ -131,19 +180,28 @@ def train(
     val_split: Split,
     cfg: LoopConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> LoopResult:
     """Train ``model`` in place following ``plan``; see the module docstring for the exact recipe."""
     device = train_split.x.device
+    ex = cfg.execution
+    ex.check_device(device)
     n = len(train_split)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs
     total_steps = steps_per_epoch * cfg.epochs
     g = torch.Generator().manual_seed(cfg.seed)
     result = LoopResult()
-    times: dict[str, tuple[list[float], list[int]]] = {}
     step = 0
     phase: Phase | None = None
     opt: torch.optim.Optimizer | None = None
+    scaler = ex.grad_scaler(device)
+    step_fn = ex.prepare(model)
+    graphs = CompileCounter()
+    head = model[-1]
+    x_train, x_val = ex.inputs(train_split.x), ex.inputs(val_split.x)
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None  # train and val features of the phase
+    check_grads = False
 
     for epoch in range(cfg.epochs):
         new_phase = plan.phase_at(epoch)
@@ -154,47 +212,102 @@ def train(
                 groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                 weight_decay=cfg.weight_decay,
             )
-            times.setdefault(phase.name, ([], []))
+            stats = result.phases.setdefault(phase.name, PhaseStats())
+            check_grads = True
+            cached = None
+            if phase.cache_features or phase.solver == "lbfgs":
+                t0 = clock(device)
+                backbone = model[:-1].eval()
+                with ex.autocast(device):
+                    cached = (_logits_in_batches(backbone, x_train, cfg.eval_batch_size).float(),
+                              _logits_in_batches(backbone, x_val, cfg.eval_batch_size).float())
+                stats.feature_cache_s += clock(device) - t0
+            if phase.solver == "lbfgs":
+                t0 = time.perf_counter()
+                _fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
+                stats.solver_s += time.perf_counter() - t0
         model.train()
         set_bn_mode(model, phase)
         perm = torch.randperm(n, generator=g).to(device)
         losses = []
         epoch_lr = cfg.lr * cosine(step / total_steps)
         for i in range(steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
-            xb, yb = train_split.x[idx], train_split.y[idx]
             lr_now = cfg.lr * cosine(step / total_steps)
+            if phase.solver == "lbfgs":  # fitted once at the phase start; its epochs take no steps
+                step += 1
+                continue
+            idx = perm[i * bs : (i + 1) * bs]
+            xb = cached[0][idx] if cached is not None else x_train[idx]
+            yb = train_split.y[idx]
+            fn = head if cached is not None else step_fn
             for group in opt.param_groups:
                 group["lr"] = lr_now * group["lr_scale"]
+            before = graphs()
             t0 = clock(device)
-            loss = F.cross_entropy(model(xb), yb)
+            with ex.autocast(device):
+                loss = F.cross_entropy(fn(xb), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                if check_grads:
+                    _check_grads(opt, phase)
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                if check_grads:
+                    _check_grads(opt, phase)
+                scaler.step(opt)
+                scaler.update()
             t1 = clock(device)
-            times[phase.name][0].append(t1 - t0)
-            times[phase.name][1].append(bs)
+            check_grads = False
+            compiled = graphs() - before
+            if compiled:
+                stats.graphs_compiled += compiled
+                stats.compile_steps_s += t1 - t0
+                if len(stats.step_seconds) >= cfg.warmup_steps:
+                    stats.timed_recompiles += compiled
+            stats.step_seconds.append(t1 - t0)
+            stats.batch_sizes.append(bs)
             losses.append(loss.detach())
+            if on_step is not None:
+                on_step(step, opt)
             step += 1
-        epoch_losses = torch.stack(losses).float().cpu()
-        result.step_losses.extend(epoch_losses.tolist())
-        train_loss = float(epoch_losses.mean())
+        if losses:
+            epoch_losses = torch.stack(losses).float().cpu()
+            result.step_losses.extend(epoch_losses.tolist())
+            train_loss = float(epoch_losses.mean())
+        else:  # an lbfgs epoch: the loss of the fitted head on the training features
+            with torch.no_grad():
+                train_loss = F.cross_entropy(head(cached[0]), train_split.y).item()
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch}")
-        val_acc, val_loss = evaluate(model, val_split, cfg.eval_batch_size)
+        if cached is not None:
+            with torch.no_grad():
+                val_acc, val_loss = _scores(head(cached[1]).float(), val_split.y)
+        else:
+            val_acc, val_loss = evaluate(model, Split(x_val, val_split.y), cfg.eval_batch_size)
         record = EpochRecord(epoch, phase.name, train_loss, val_acc, val_loss, epoch_lr)
         result.epochs.append(record)
         if on_epoch is not None:
             on_epoch(record)
 
     timed_secs, timed_sizes, warm = [], [], 0
-    for name, (secs, sizes) in times.items():
-        result.throughput[name] = steady_state(secs, sizes, cfg.warmup_steps)
-        result.train_seconds += sum(secs)
-        timed_secs += secs[cfg.warmup_steps :]
-        timed_sizes += sizes[cfg.warmup_steps :]
+    for name, st in result.phases.items():
+        result.throughput[name] = steady_state(st.step_seconds, st.batch_sizes, cfg.warmup_steps)
+        result.train_seconds += sum(st.step_seconds) + st.feature_cache_s + st.solver_s
+        timed_secs += st.step_seconds[cfg.warmup_steps :]
+        timed_sizes += st.batch_sizes[cfg.warmup_steps :]
         warm += result.throughput[name].warmup_steps
     # the whole run: every phase's steady-state steps together, each phase's warm-up left out
     whole = steady_state(timed_secs, timed_sizes, 0)
     result.throughput[ALL_PHASES] = replace(whole, warmup_steps=warm)
     return result
+
+
+def _check_grads(opt: torch.optim.Optimizer, phase: Phase) -> None:
+    missing = [g["block"] for g in opt.param_groups for p in g["params"] if p.grad is None]
+    if missing:
+        raise StaleGraphError(
+            f"phase {phase.name!r}: parameters of blocks {sorted(set(missing))} got no gradient "
+            "on the phase's first step; a compiled graph from an earlier phase is being reused."
+        )

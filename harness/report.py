@@ -24,6 +24,7 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "budget": summary["budget"],
         "strategy": summary["strategy"],
+        "execution": summary["execution"],
         "test acc % (95% CI)": summary.apply(acc, axis=1),
         "seeds": summary["n_seeds"],
         "best val %": (100 * summary["best_val_acc"]).round(1),
@@ -41,6 +42,26 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     lines.insert(1, "|" + "---|" * len(df.columns))
     return "\n".join(lines)
+
+
+def _execution_section(measurements: pd.DataFrame) -> str:
+    from harness.tables import execution_comparison
+
+    cmp = execution_comparison(measurements)
+    if cmp.empty:
+        return ""
+    view = pd.DataFrame({
+        "budget": cmp["budget"], "strategy": cmp["strategy"], "execution": cmp["execution"],
+        "samples/s": cmp["samples_per_s"].round(0),
+        "speedup vs eager": cmp["speedup_vs_eager"].map(lambda v: f"{v:.2f}x"),
+        "compile steps (s)": cmp["compile_steps_s"].round(1),
+        "graphs compiled": cmp["graphs_compiled"],
+        "recompiles in timed steps": cmp["timed_recompiles"],
+    })
+    return ("## Executions\n\nSteady-state training throughput (median over the re-runs) and its "
+            "ratio to eager; compile cost apart: the wall time of the steps that compiled a graph "
+            "(median over re-runs), and the graphs compiled per run.\n\n"
+            + markdown_table(view) + "\n\n")
 
 
 def write_markdown(run_dir: str | Path, spec: dict, env: dict, summary: pd.DataFrame,
@@ -61,7 +82,7 @@ def write_markdown(run_dir: str | Path, spec: dict, env: dict, summary: pd.DataF
 {spec['description']}
 
 Target: `{spec['dataset']}` classes {spec['classes']}, model `{spec['model']}`, device `{env['device']}`
-({env['device_name']}), execution `{spec['execution']}`, {spec['epochs']} epochs, batch {spec['batch_size']}.
+({env['device_name']}), execution {', '.join(f'`{e}`' for e in spec['executions'])}, {spec['epochs']} epochs, batch {spec['batch_size']}.
 Each cell: {spec['trials']} Optuna trials selected on validation accuracy, then the best config
 re-run with {spec['seeds']} seeds; test accuracy is mean ± 95% CI (Student's t) over those seeds.
 Throughput is steady-state training samples/s (warm-up steps excluded), median over the re-runs.
@@ -70,13 +91,14 @@ Throughput is steady-state training samples/s (warm-up steps excluded), median o
 
 {markdown_table(summary_view(summary))}
 
+{_execution_section(measurements)}
 ![accuracy vs throughput](plots/accuracy_vs_throughput.png)
 
 ![learning curves](plots/learning_curves.png)
 
 ## Best configurations
 
-{markdown_table(summary[["budget", "strategy", "best_params"]])}
+{markdown_table(summary[["budget", "strategy", "execution", "best_params"]])}
 
 ## Environment
 

@@ -58,15 +58,17 @@ class StudySpec:
     trials: int = 8  # Optuna trials per cell, the same for every strategy
     seeds: int = 3  # re-runs of each cell's best config, for the test-accuracy CI
     device: str = "cpu"
-    execution: str = "eager"
+    executions: tuple[str, ...] = ("eager",)  # labels parsed by harness.execution.parse_execution
+    # strategy -> hyperparameters Optuna tries first (study.enqueue_trial), e.g. a paper's recipe
+    enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sampler_seed: int = 0
 
-    def cells(self) -> list[tuple[int | None, str]]:
-        return [(b, s) for b in self.budgets for s in self.strategies]
+    def cells(self) -> list[tuple[int | None, str, str]]:
+        return [(b, s, e) for b in self.budgets for s in self.strategies for e in self.executions]
 
     @staticmethod
-    def cell_id(budget: int | None, strategy: str) -> str:
-        return f"shots={budget_label(budget)}/{strategy}"
+    def cell_id(budget: int | None, strategy: str, execution: str) -> str:
+        return f"shots={budget_label(budget)}/{strategy}/{execution}"
 
     def validate(self) -> StudySpec:
         """Raise :class:`UserError` for the first thing that cannot run; return self."""
@@ -85,9 +87,17 @@ class StudySpec:
             if b is not None and (not isinstance(b, int) or b < 1):
                 raise UserError(f"each budget must be a positive number of shots per class or "
                                 f"'all', but got {b!r}.")
-        if self.execution != "eager":
-            raise UserError(f"execution must be 'eager', but got {self.execution!r}.")
-        resolve_device(self.device)
+        from harness.execution import parse_execution
+
+        device = resolve_device(self.device)
+        if not self.executions:
+            raise UserError("executions must name at least one, e.g. ('eager',).")
+        for label in self.executions:
+            parse_execution(label).check_device(device)
+        unknown = sorted(set(self.enqueue) - set(self.strategies))
+        if unknown:
+            raise UserError(f"enqueue names strategies {unknown} that the study does not compare "
+                            f"({list(self.strategies)}).")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +165,7 @@ def _from_toml(path: Path) -> StudySpec:
         raw["pretrain"] = PretrainRecipe(**p)
     raw.setdefault("name", path.stem)
     raw.setdefault("description", f"study from {path}")
-    for key in ("strategies", "classes"):
+    for key in ("strategies", "classes", "executions"):
         if raw.get(key) is not None:
             raw[key] = tuple(raw[key])
     if "budgets" in raw:

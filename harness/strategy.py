@@ -25,9 +25,11 @@ from typing import Any, ClassVar
 
 import optuna
 
-__all__ = ["BN_MODES", "Phase", "Plan", "Strategy"]
+__all__ = ["BN_MODES", "SOLVERS", "Phase", "Plan", "Strategy", "layerwise_scales",
+           "unfreeze_starts", "top_blocks"]
 
 BN_MODES = ("train", "eval", "frozen")
+SOLVERS = ("sgd", "lbfgs")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,12 @@ class Phase:
     trainable: tuple[str, ...]  # block names whose parameters train
     bn_mode: str = "train"
     lr_scale: Mapping[str, float] = field(default_factory=dict)  # block -> multiplier (default 1)
-    param_suffixes: tuple[str, ...] | None = None  # e.g. ("bias",): only matching parameters train
+    # block -> parameter-name suffixes: only matching parameters of that block train (BitFit)
+    param_suffixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # head-only phases: compute the frozen backbone's features once instead of every epoch
+    cache_features: bool = False
+    solver: str = "sgd"  # "sgd", or "lbfgs": scikit-learn's logistic regression on cached features
+    solver_options: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"C": 0.1} for lbfgs
 
     def scale(self, block: str) -> float:
         return float(self.lr_scale.get(block, 1.0))
@@ -71,6 +78,13 @@ class Plan:
                 )
             if p.bn_mode not in BN_MODES:
                 raise ValueError(f"bn_mode must be one of {BN_MODES}, but got {p.bn_mode!r}.")
+            if p.solver not in SOLVERS:
+                raise ValueError(f"solver must be one of {SOLVERS}, but got {p.solver!r}.")
+            if (p.cache_features or p.solver == "lbfgs") and tuple(p.trainable) != (blocks[-1],):
+                raise ValueError(
+                    f"phase {p.name!r}: cached features and the lbfgs solver need a head-only "
+                    f"phase (trainable=({blocks[-1]!r},)), but it trains {p.trainable}."
+                )
 
     def phase_at(self, epoch: int) -> Phase:
         current = self.phases[0]
@@ -103,3 +117,34 @@ class Strategy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def top_blocks(blocks: Sequence[str], k: int) -> tuple[str, ...]:
+    """The top ``k`` blocks (the head is the top one)."""
+    if not 1 <= k <= len(blocks):
+        raise ValueError(f"k must be between 1 and {len(blocks)}, but got {k=}.")
+    return tuple(blocks[len(blocks) - k :])
+
+
+def layerwise_scales(blocks: Sequence[str], decay: float) -> dict[str, float]:
+    """Discriminative learning rates: ``decay ** depth``, depth counted from the head (0)."""
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], but got {decay=}.")
+    return {b: decay ** (len(blocks) - 1 - i) for i, b in enumerate(blocks)}
+
+
+def unfreeze_starts(n_blocks: int, epochs: int, every: int = 1,
+                    schedule: Sequence[int] | None = None) -> list[int]:
+    """Start epochs of the phases that unfreeze one more block each, from the top.
+
+    ``schedule`` given as data wins (it must start at 0 and increase strictly); otherwise a
+    block is unfrozen every ``every`` epochs, the last ones merged when the epochs run out.
+    """
+    if schedule is not None:
+        starts = [int(e) for e in schedule]
+        if not starts or starts[0] != 0 or len(starts) > n_blocks:
+            raise ValueError(f"schedule must start at 0 with at most {n_blocks} entries, but got {starts}.")
+        return starts
+    if every < 1:
+        raise ValueError(f"every must be at least 1, but got {every=}.")
+    return [e for e in (i * every for i in range(n_blocks)) if e < epochs]

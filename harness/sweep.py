@@ -58,7 +58,7 @@ def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained) -> list[Measur
     base = Measurement(
         run_id=run_id, study=spec.name, cell="pretrain", stage="pretrain", trial=0, phase="pretrain",
         strategy="pretrain", dataset=r.dataset, model=r.model, budget="all", device=spec.device,
-        execution=spec.execution, seed=r.seed, split="source_val", metric="accuracy",
+        execution="eager", seed=r.seed, split="source_val", metric="accuracy",
         value=pre.source_val_accuracy, unit="fraction", epoch=None, status="ok",
     )
     return [base, replace(base, split="train", metric="pretrain_time_s", value=pre.seconds, unit="s"),
@@ -115,16 +115,16 @@ def run_study(
     bar = tqdm(total=len(spec.cells()) * (spec.trials + spec.seeds), desc=spec.name,
                unit="trial", disable=not progress)
     tasks = {}
-    for budget, strategy_name in spec.cells():
+    for budget, strategy_name, execution in spec.cells():
         if budget not in tasks:
             tasks[budget] = load_task(spec.dataset, spec.classes, budget, device)
         ctx = TrialContext(run_id, tasks[budget], pre.state_dict if pre else None)
-        cell = spec.cell_id(budget, strategy_name)
+        cell = spec.cell_id(budget, strategy_name, execution)
         strategy = STRATEGIES.get(strategy_name)()
         template = TrialConfig(
             study=spec.name, cell=cell, stage="search", trial=0, seed=SEARCH_SEED,
             strategy=strategy_name, hp={}, dataset=spec.dataset, classes=spec.classes, shots=budget,
-            model=spec.model, device=spec.device, execution=spec.execution, epochs=spec.epochs,
+            model=spec.model, device=spec.device, execution=execution, epochs=spec.epochs,
             batch_size=spec.batch_size,
         )
 
@@ -156,6 +156,8 @@ def run_study(
             storage=storage_url, study_name=f"{spec.name}/{run_id}/{cell}", direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed),
         )
+        if strategy_name in spec.enqueue:
+            study.enqueue_trial(dict(spec.enqueue[strategy_name]))
         study.optimize(objective, n_trials=spec.trials)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:

@@ -6,7 +6,7 @@ One value per row of ``measurements.csv``; the columns (``COLUMNS``, documented 
 =========  ===============================================================================
 run_id     the run's folder name
 study      the study's name
-cell       the grid cell, e.g. ``shots=10/linear_probe``
+cell       the grid cell, e.g. ``shots=10/linear_probe/eager``
 stage      ``pretrain``, ``search`` (Optuna trials, selected on val) or ``final`` (seed re-runs of the best config)
 trial      Optuna trial number in ``search``; the re-run's index in ``final``
 phase      the strategy's phase (``probe``, ``finetune`` ...) or ``all`` for the whole run
@@ -15,7 +15,7 @@ dataset    target dataset
 model      backbone
 budget     labelled training examples per class (``all`` for the whole training split)
 device     ``cpu``, ``cuda:0`` ...
-execution  ``eager`` (``compiled:<mode>`` later)
+execution  ``eager``, ``compile``, ``compile:max-autotune+bf16`` ... (see harness.execution)
 seed       the run's seed
 split      ``train``, ``val``, ``test`` or ``source_val``
 metric     ``accuracy``, ``loss``, ``samples_per_s``, ``step_p50_s`` ...
@@ -127,7 +127,7 @@ def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
 
 
 SUMMARY_COLUMNS = (
-    "cell", "budget", "strategy", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
+    "cell", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
     "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "bn_mode", "best_params",
     "trials_ok", "trials_pruned", "trials_failed",
 )
@@ -150,6 +150,7 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         ok_search = search[search["status"] == "ok"]
         rows.append({
             "cell": cell, "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
+            "execution": g["execution"].iloc[0],
             "n_seeds": n, "test_acc_mean": mean, "test_acc_ci95": half,
             "test_acc_low": mean - half, "test_acc_high": mean + half,
             "best_val_acc": ok_search["val_accuracy"].max() if len(ok_search) else float("nan"),
@@ -161,3 +162,34 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "trials_failed": int((search["status"] == "failed").sum()),
         })
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def execution_comparison(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Per budget and strategy: steady-state samples/s of each execution, speedup over eager, compile time.
+
+    Speedup is the ratio of the median steady-state throughput of the final re-runs; the
+    compile time is the median, over those re-runs, of the summed wall time of the training
+    steps that compiled a graph (so it includes that step's own work), with the graphs counted.
+    """
+    m = measurements[(measurements["stage"] == "final") & (measurements["status"] == "ok")]
+    if m.empty or m["execution"].nunique() < 2:
+        return pd.DataFrame()
+    per_run = m.pivot_table(index=["budget", "strategy", "execution", "seed"], columns="metric",
+                            values="value", aggfunc="sum", observed=True)
+    speed = m[(m["metric"] == "samples_per_s") & (m["phase"] == "all")]
+    speed = speed.groupby(["budget", "strategy", "execution"])["value"].median()
+    rows = []
+    for (budget, strategy), g in per_run.groupby(level=["budget", "strategy"]):
+        base = speed.get((budget, strategy, "eager"), float("nan"))
+        for execution, r in g.groupby(level="execution"):
+            sps = speed.get((budget, strategy, execution), float("nan"))
+            comp = r["compile_steps_s"] if "compile_steps_s" in r else pd.Series(dtype=float)
+            rows.append({
+                "budget": budget, "strategy": strategy, "execution": execution,
+                "samples_per_s": sps, "speedup_vs_eager": sps / base,
+                "compile_steps_s": comp.median() if len(comp.dropna()) else 0.0,
+                "graphs_compiled": r["graphs_compiled"].median() if "graphs_compiled" in r else 0,
+                "timed_recompiles": r["timed_recompiles"].max() if "timed_recompiles" in r else 0,
+                "runs": len(r),
+            })
+    return pd.DataFrame(rows)

@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 
 import optuna
 import torch
+import torch._dynamo
 
 from harness.data import Task
+from harness.execution import parse_execution
 from harness.loop import EpochRecord, LoopConfig, LoopResult, evaluate, train
 from harness.measure import PeakMemory
 from harness.models import blocks, build_model, count_parameters, replace_head
@@ -89,9 +91,15 @@ def run_trial(
         plan = strategy.plan(blocks(model), cfg.hp, cfg.epochs)
         plan.validate(blocks(model), cfg.epochs)
         bn_mode = plan.bn_modes
+        execution = parse_execution(cfg.execution)
+        if execution.compile:
+            # every trial compiles from a clean slate: its compile time is its own, and no
+            # trial inherits another's graphs or runs into dynamo's recompile limit
+            torch._dynamo.reset()
         loop_cfg = LoopConfig(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=float(cfg.hp["lr"]),
             weight_decay=float(cfg.hp.get("weight_decay", 0.0)), seed=cfg.seed,
+            execution=execution,
         )
         with mem:
             result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
@@ -133,6 +141,17 @@ def _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainab
     if test_acc is not None:
         add("accuracy", test_acc, "fraction", split="test")
     if result is not None:
+        for phase, st in result.phases.items():
+            add("graphs_compiled", st.graphs_compiled, "count", phase=phase)
+            add("timed_recompiles", st.timed_recompiles, "count", phase=phase)
+            if st.graphs_compiled:
+                # the steps that compiled, compilation included (their excess over a steady step
+                # is the compile cost; both are in the table)
+                add("compile_steps_s", st.compile_steps_s, "s", phase=phase)
+            if st.feature_cache_s:
+                add("feature_cache_s", st.feature_cache_s, "s", phase=phase)
+            if st.solver_s:
+                add("solver_s", st.solver_s, "s", phase=phase)
         for phase, tp in result.throughput.items():
             add("samples_per_s", tp.samples_per_s, "samples/s", phase=phase)
             add("step_p50_s", tp.step_p50_s, "s", phase=phase)

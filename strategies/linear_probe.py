@@ -1,4 +1,8 @@
-"""Linear probe: the pretrained backbone stays fixed, only a new classification head trains."""
+"""Linear probe: the pretrained backbone stays fixed, only a new classification head trains.
+
+The backbone is frozen and its BatchNorm uses running statistics, so its features of each
+example never change: they are computed once, and the head trains on them with SGD.
+"""
 
 from harness.registry import STRATEGIES
 from harness.strategy import Phase, Plan, Strategy
@@ -6,7 +10,7 @@ from harness.strategy import Phase, Plan, Strategy
 
 @STRATEGIES.register("linear_probe")
 class LinearProbe(Strategy):
-    description = "train only the new head; backbone and its BatchNorm statistics fixed"
+    description = "train only a new head (SGD) on the frozen backbone's features, computed once"
 
     def search_space(self, trial):
         return {
@@ -16,4 +20,5 @@ class LinearProbe(Strategy):
         }
 
     def plan(self, blocks, hp, epochs):
-        return Plan((Phase("probe", 0, trainable=(blocks[-1],), bn_mode="eval"),))
+        cache = bool(hp.get("cache_features", True))  # False: a full forward pass every step
+        return Plan((Phase("probe", 0, trainable=(blocks[-1],), bn_mode="eval", cache_features=cache),))

@@ -2,7 +2,10 @@ import os
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ROOT = Path(__file__).resolve().parent.parent
 

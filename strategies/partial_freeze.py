@@ -1,0 +1,22 @@
+"""Partial freezing: only the top k blocks train (the freeze-depth axis of Yosinski et al. 2014)."""
+
+from harness.registry import STRATEGIES
+from harness.strategy import Phase, Plan, Strategy, top_blocks
+
+MAX_K = 4  # searched k in 1..MAX_K; capped by the model's depth
+
+
+@STRATEGIES.register("partial_freeze")
+class PartialFreeze(Strategy):
+    description = "train only the top k blocks (k searched); the rest frozen with fixed BatchNorm"
+
+    def search_space(self, trial):
+        return {
+            "lr": trial.suggest_float("lr", 1e-4, 0.3, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+            "train_top_k": trial.suggest_int("train_top_k", 1, MAX_K),
+        }
+
+    def plan(self, blocks, hp, epochs):
+        k = min(int(hp.get("train_top_k", 2)), len(blocks))
+        return Plan((Phase(f"top{k}", 0, trainable=top_blocks(blocks, k), bn_mode="train"),))
