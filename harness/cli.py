@@ -117,7 +117,6 @@ def cmd_study(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k)
                  for k in ("trials", "seeds", "epochs", "device", "executions", "strategies")}
     spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-    spec.validate()
     run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
     print()
     print(markdown_table(summary_view(run.summary)))

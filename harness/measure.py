@@ -79,6 +79,27 @@ def _vm_hwm_bytes() -> int | None:
     return int(m.group(1)) * 1024 if m else None
 
 
+def _vm_rss_bytes() -> int | None:
+    try:
+        m = re.search(r"VmRSS:\s+(\d+) kB", _STATUS.read_text())
+    except OSError:
+        return None
+    return int(m.group(1)) * 1024 if m else None
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so RSS starts from what is live."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_vm_hwm() -> bool:
     try:
         _CLEAR_REFS.write_text("5")  # 5 resets the peak RSS to the current RSS (Linux >= 4.0)
@@ -103,14 +124,20 @@ class PeakMemory:
         self.device = torch.device(device)
         self.peak_bytes: float = float("nan")
         self.reserved_bytes: float = float("nan")
+        self.start_bytes: float = float("nan")
+        self.increase_bytes: float = float("nan")  # peak minus the value at entry
         self.kind = "cuda_allocated" if self.device.type == "cuda" else "cpu_rss"
         self._resettable = True
 
     def __enter__(self) -> PeakMemory:
+        _release_free_memory()  # earlier trials' garbage must not count as this trial's memory
         if self.device.type == "cuda":
             sync(self.device)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = float(torch.cuda.memory_allocated(self.device))
         else:
+            self.start_bytes = float(_vm_rss_bytes() or float("nan"))
             self._resettable = _reset_vm_hwm()
             if not self._resettable:
                 # without a reset the peak may predate this block: say so in the kind
@@ -130,6 +157,7 @@ class PeakMemory:
                 hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 self.kind = "cpu_rss_process_lifetime"
             self.peak_bytes = float(hwm)
+        self.increase_bytes = self.peak_bytes - self.start_bytes
 
 
 def _git_commit() -> str:

@@ -37,6 +37,37 @@ class PretrainRecipe:
     seed: int = 0
 
 
+_POSITIVE = "positive"
+
+
+def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
+    """Check each field's type (bool is no int here) and that counts are positive."""
+    for name, kind in types.items():
+        value = getattr(obj, name)
+        if kind == _POSITIVE:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            want = "a positive integer"
+        elif kind == "ints":
+            ok = value is None and name == "classes" or (
+                isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in value))
+            want = "a list of integers"
+        elif kind == "strs":
+            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+            want = "a list of strings"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        else:
+            ok = isinstance(value, kind)
+            want = {str: "a string", tuple: "a list"}.get(kind, f"a {kind.__name__}")
+        if not ok:
+            raise UserError(f"{where} field {name!r} must be {want}, but got {value!r}.")
+
+
 def budget_label(shots: int | None) -> str:
     return "all" if shots is None else str(shots)
 
@@ -70,8 +101,17 @@ class StudySpec:
     def cell_id(budget: int | None, strategy: str, execution: str) -> str:
         return f"shots={budget_label(budget)}/{strategy}/{execution}"
 
-    def validate(self) -> StudySpec:
-        """Raise :class:`UserError` for the first thing that cannot run; return self."""
+    def validate(self, check_data: bool = False) -> StudySpec:
+        """Raise :class:`UserError` for the first thing that cannot run; return self.
+
+        ``check_data`` also builds every task (and the pretraining task), so bad classes or a
+        budget larger than a class's training split fail before anything is written.
+        """
+        _check_types(self, _SPEC_TYPES, "study")
+        if self.pretrain is not None:
+            if not isinstance(self.pretrain, PretrainRecipe):
+                raise UserError(f"pretrain must be a table of PretrainRecipe fields, but got {self.pretrain!r}.")
+            _check_types(self.pretrain, _RECIPE_TYPES, "pretrain")
         for strategy in self.strategies:
             STRATEGIES.get(strategy)
         DATASETS.get(self.dataset)
@@ -79,25 +119,28 @@ class StudySpec:
         if self.pretrain is not None:
             DATASETS.get(self.pretrain.dataset)
             MODELS.get(self.pretrain.model)
-        for name in ("trials", "seeds", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a positive integer, but got {value!r}.")
         for b in self.budgets:
-            if b is not None and (not isinstance(b, int) or b < 1):
+            if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
                 raise UserError(f"each budget must be a positive number of shots per class or "
                                 f"'all', but got {b!r}.")
         from harness.execution import parse_execution
 
         device = resolve_device(self.device)
-        if not self.executions:
-            raise UserError("executions must name at least one, e.g. ('eager',).")
+        if not self.executions or not self.strategies or not self.budgets:
+            raise UserError("strategies, budgets and executions must each name at least one.")
         for label in self.executions:
             parse_execution(label).check_device(device)
         unknown = sorted(set(self.enqueue) - set(self.strategies))
         if unknown:
             raise UserError(f"enqueue names strategies {unknown} that the study does not compare "
                             f"({list(self.strategies)}).")
+        if check_data:
+            from harness.data import load_task
+
+            for b in self.budgets:
+                load_task(self.dataset, self.classes, b)
+            if self.pretrain is not None:
+                load_task(self.pretrain.dataset, self.pretrain.classes)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +166,18 @@ class TrialConfig:
     execution: str = "eager"
     epochs: int = 10
     batch_size: int = 64
+
+
+_SPEC_TYPES = {
+    "name": str, "description": str, "dataset": str, "model": str, "device": str,
+    "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
+    "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
+    "sampler_seed": int, "enqueue": Mapping,
+}
+_RECIPE_TYPES = {
+    "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
+    "batch_size": _POSITIVE, "lr": float, "weight_decay": float, "seed": int,
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -155,20 +210,24 @@ def _from_toml(path: Path) -> StudySpec:
     if unknown:
         raise UserError(f"unknown key(s) {unknown} in {str(path)!r}; allowed: {sorted(known)}.")
     if "pretrain" in raw:
+        if not isinstance(raw["pretrain"], dict):
+            raise UserError(f"pretrain in {str(path)!r} must be a [pretrain] table, but got "
+                            f"{raw['pretrain']!r}.")
         pknown = {f.name for f in dataclasses.fields(PretrainRecipe)}
         bad = sorted(set(raw["pretrain"]) - pknown)
         if bad:
             raise UserError(f"unknown key(s) {bad} in [pretrain] of {str(path)!r}; "
                             f"allowed: {sorted(pknown)}.")
         p = dict(raw["pretrain"])
-        p["classes"] = tuple(p.get("classes", PretrainRecipe.classes))
+        if isinstance(p.get("classes"), list):
+            p["classes"] = tuple(p["classes"])
         raw["pretrain"] = PretrainRecipe(**p)
     raw.setdefault("name", path.stem)
     raw.setdefault("description", f"study from {path}")
     for key in ("strategies", "classes", "executions"):
-        if raw.get(key) is not None:
+        if isinstance(raw.get(key), list):
             raw[key] = tuple(raw[key])
-    if "budgets" in raw:
+    if isinstance(raw.get("budgets"), list):
         raw["budgets"] = tuple(None if b == "all" else b for b in raw["budgets"])
     missing = [k for k in ("dataset", "strategies") if k not in raw]
     if missing:

@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 
 from harness._io import atomic_write_text
 from harness.data import load_task
+from harness.errors import UserError
 from harness.measure import environment
 from harness.pretrain import Pretrained, pretrained_backbone, recipe_key
 from harness.registry import STRATEGIES
 from harness.spec import StudySpec, TrialConfig, budget_label, resolve_device
 from harness.tables import Measurement, measurements_frame, summarize, write_csv
-from harness.trial import TrialContext, TrialResult, run_trial
+from harness.trial import TrialContext, TrialResult, failed_trial, run_trial
 
 __all__ = ["run_study", "StudyRun", "SEARCH_SEED", "FINAL_SEEDS", "redact_url"]
 
@@ -42,6 +43,33 @@ class StudyRun:
     run_dir: Path
     summary: pd.DataFrame
     seconds: float
+
+
+def startup_trials(trials: int) -> int:
+    """Random trials before TPE models the results: Optuna's default of 10 would leave a
+    10-trial search purely random, so a third of the budget, at least 2 and at most 10."""
+    return min(10, max(2, trials // 3))
+
+
+def _check_storage(url: str) -> None:
+    try:
+        optuna.storages.get_storage(url)
+    except Exception as e:  # any driver or URL error is the user's to fix
+        raise UserError(f"cannot open Optuna storage {redact_url(url)!r}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}; pass a URL such as "
+                        "sqlite:///path/to.db or postgresql://user:pass@host/db.") from None
+
+
+def _make_run_dir(out_root: str | Path, study: str, run_id: str) -> Path:
+    out_root = Path(out_root)
+    if out_root.exists() and not out_root.is_dir():
+        raise UserError(f"--out {str(out_root)!r} is a file; pass a folder for the runs.")
+    run_dir = out_root / study / run_id
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {str(run_dir)!r}: {e.strerror}.") from None
+    return run_dir
 
 
 def new_run_id() -> str:
@@ -88,12 +116,13 @@ def run_study(
     """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``."""
     from harness import plots, report  # the last stages; imported here to keep the flow one-way
 
-    spec.validate()
+    spec.validate(check_data=True)
     device = resolve_device(spec.device)
+    if storage is not None:
+        _check_storage(storage)
     t_start = time.perf_counter()
     run_id = new_run_id()
-    run_dir = Path(out_root) / spec.name / run_id
-    run_dir.mkdir(parents=True)
+    run_dir = _make_run_dir(out_root, spec.name, run_id)
     storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
     env = environment(device)
     env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
@@ -135,7 +164,14 @@ def run_study(
             bar.update()
 
         def objective(trial: optuna.Trial) -> float:
-            hp = strategy.search_space(trial)
+            try:
+                hp = strategy.search_space(trial)
+            except Exception as e:  # e.g. an enqueued value outside a log-scale range
+                res = failed_trial(replace(template, trial=trial.number, hp=dict(trial.params)),
+                                   ctx, f"{type(e).__name__} in search_space: {e}")
+                collect(res)
+                trial.set_user_attr("error", res.error)
+                return float("nan")
             trial.set_user_attr("hp", hp)
 
             def report_epoch(rec):
@@ -154,7 +190,8 @@ def run_study(
 
         study = optuna.create_study(
             storage=storage_url, study_name=f"{spec.name}/{run_id}/{cell}", direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed),
+            sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed,
+                                               n_startup_trials=startup_trials(spec.trials)),
         )
         if strategy_name in spec.enqueue:
             study.enqueue_trial(dict(spec.enqueue[strategy_name]))

@@ -145,8 +145,8 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         mean, half, n = mean_ci95(final["test_accuracy"])
         mc = m[m["cell"] == cell]
         speed = mc[(mc["metric"] == "samples_per_s") & (mc["phase"] == "all")]["value"]
-        peak = mc[mc["metric"].isin(["peak_cpu_rss", "peak_cuda_allocated",
-                                     "peak_cpu_rss_process_lifetime"])]["value"]
+        peak = mc[mc["metric"].isin(["peak_cpu_rss_increase", "peak_cuda_allocated_increase",
+                                     "peak_cpu_rss_process_lifetime_increase"])]["value"]
         ok_search = search[search["status"] == "ok"]
         rows.append({
             "cell": cell, "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],

@@ -10,6 +10,7 @@ error text; Optuna's pruning gives ``status="pruned"``. Test accuracy is measure
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from harness.registry import STRATEGIES
 from harness.spec import TrialConfig, budget_label
 from harness.tables import Measurement
 
-__all__ = ["TrialContext", "TrialResult", "run_trial"]
+__all__ = ["TrialContext", "TrialResult", "run_trial", "failed_trial", "build_trial_model"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def run_trial(
 ) -> TrialResult:
     """Train and measure ``cfg``; never raises except for KeyboardInterrupt."""
     t0 = time.perf_counter()
+    load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     epochs: list[EpochRecord] = []
     status, error, bn_mode = "ok", "", ""
     result: LoopResult | None = None
@@ -114,9 +116,17 @@ def run_trial(
         if not str(e):
             error += " " + traceback.format_exc(limit=-1).strip().splitlines()[-1]
     seconds = time.perf_counter() - t0
-    val_acc = epochs[-1].val_accuracy if epochs else float("nan")
+    # a failed run's last accuracy must never reach selection: NaN makes Optuna mark it FAIL
+    val_acc = epochs[-1].val_accuracy if epochs and status != "failed" else float("nan")
     records = _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainable)
+    records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
     return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records))
+
+
+def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult:
+    """A trial that failed before it could train (for example, its hyperparameters were invalid)."""
+    records = _records(cfg, ctx, "failed", [], None, None, None, 0.0, 0)
+    return TrialResult(cfg, "failed", error, float("nan"), None, 0.0, "", tuple(records))
 
 
 def _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainable):
@@ -159,7 +169,9 @@ def _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainab
             add("timed_steps", tp.timed_steps, "count", phase=phase)
             add("warmup_steps", tp.warmup_steps, "count", phase=phase)
         add("train_time_s", result.train_seconds, "s")
+        add("batch_size", result.batch_size, "count")
         add(f"peak_{mem.kind}", mem.peak_bytes, "bytes")
+        add(f"peak_{mem.kind}_increase", mem.increase_bytes, "bytes")
         if mem.kind == "cuda_allocated":
             add("peak_cuda_reserved", mem.reserved_bytes, "bytes")
         add("trainable_params", n_trainable, "count")

@@ -32,6 +32,36 @@ def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("line, needle", [
+    ("classes = 5", "study field 'classes' must be a list of integers, but got 5."),
+    ("pretrain = 3", "must be a [pretrain] table, but got 3."),
+    ("sampler_seed = \"x\"", "study field 'sampler_seed' must be an integer, but got 'x'."),
+    ("trials = true", "study field 'trials' must be a positive integer, but got True."),
+    ("budgets = [400]", "shots must be between 1 and 104"),
+    ("classes = [5, 11]", "classes must be at least two distinct labels of 'digits'"),
+    ("executions = [\"eager+fp16\"]", "fp16 autocast needs a CUDA device"),
+    ("executions = [\"compile:fast\"]", "unknown compile mode 'fast'"),
+    ("[pretrain]\nepochs = \"x\"", "pretrain field 'epochs' must be a positive integer, but got 'x'."),
+])
+def test_bad_values_in_a_study_file_exit_2_before_anything_is_written(run_cli, tmp_path, line, needle):
+    f = tmp_path / "s.toml"
+    f.write_text(f'dataset = "digits"\nstrategies = ["linear_probe"]\n{line}\n')
+    res = run_cli("study", str(f), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_storage_and_out_exit_2_and_write_nothing(run_cli, tmp_path):
+    res = run_cli("study", "finetune_vs_probe", "--storage", "notadb://u:secret@h/x",
+                  "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "cannot open Optuna storage 'notadb://u:***@h/x'" in res.stderr
+    assert "secret" not in res.stderr and not (tmp_path / "out").exists()
+    (tmp_path / "afile").write_text("")
+    res = run_cli("study", "finetune_vs_probe", "--out", str(tmp_path / "afile"))
+    assert res.returncode == 2 and "is a file; pass a folder" in res.stderr
+
+
 def test_unknown_key_in_a_study_file_exits_2(run_cli, tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('dataset = "digits"\nstrategies = ["linear_probe"]\nepoch = 3\n')

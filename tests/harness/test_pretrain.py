@@ -24,9 +24,15 @@ def test_second_call_reuses_the_checkpoint(fresh_cache):
     assert second.source_val_accuracy == first.source_val_accuracy > 0.5
 
 
-def test_key_changes_with_every_recipe_field():
-    assert recipe_key(RECIPE) != recipe_key(PretrainRecipe(**{**RECIPE.__dict__, "seed": 1}))
-    assert recipe_key(RECIPE) != recipe_key(PretrainRecipe(**{**RECIPE.__dict__, "epochs": 3}))
+@pytest.mark.parametrize("field, value", [
+    ("model", "other"), ("dataset", "mnist5k"), ("classes", (0, 1, 2)), ("epochs", 3),
+    ("batch_size", 16), ("lr", 0.01), ("weight_decay", 0.0), ("seed", 1),
+])
+def test_key_changes_with_every_recipe_field(field, value):
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(PretrainRecipe)} >= {field}
+    assert recipe_key(RECIPE) != recipe_key(dataclasses.replace(RECIPE, **{field: value}))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "garbage", "drop_meta"])

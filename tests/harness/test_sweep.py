@@ -1,0 +1,78 @@
+import dataclasses
+
+import optuna
+import pytest
+
+from harness.spec import StudySpec
+from harness.sweep import redact_url, run_study, startup_trials
+from harness.tables import load
+
+
+def _spec(**kw):
+    base = dict(name="t", description="t", dataset="digits", classes=(0, 1, 2), budgets=(20,),
+                strategies=("full_finetune",), epochs=4, batch_size=16, trials=3, seeds=2)
+    return StudySpec(**{**base, **kw})
+
+
+def test_a_diverged_trial_is_failed_in_optuna_and_never_selected(tmp_path):
+    """A probe at lr=1e38 overflows to inf/NaN; Optuna must record FAIL and select another config."""
+    spec = _spec(strategies=("linear_probe",), enqueue={"linear_probe": {"lr": 1e38, "weight_decay": 1e-6}})
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    trials = load(run.run_dir).trials
+    diverged = trials[(trials["stage"] == "search") & (trials["param_lr"] == 1e38)]
+    assert diverged["status"].tolist() == ["failed"]
+    assert "NonFiniteLossError" in diverged["error"].iloc[0]
+    assert diverged["val_accuracy"].isna().all()
+    url = f"sqlite:///{run.run_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    finals = trials[trials["stage"] == "final"]
+    assert len(finals) == 2 and (finals["param_lr"] != 1e38).all()
+
+
+def test_invalid_hyperparameters_are_a_failed_row_and_the_study_goes_on(tmp_path):
+    spec = _spec(enqueue={"full_finetune": {"lr": 0.01, "weight_decay": 0.0}})  # 0 on a log scale
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    trials = load(run.run_dir).trials
+    first = trials.iloc[0]
+    assert first["status"] == "failed" and "ValueError in search_space" in first["error"]
+    assert (trials["stage"] == "search").sum() == 3 and (trials["stage"] == "final").sum() == 2
+
+
+def test_tpe_models_results_within_small_budgets():
+    assert startup_trials(10) == 3 and startup_trials(3) == 2 and startup_trials(100) == 10
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://alice:s3cr%40t@db:5432/optuna", "postgresql://alice:***@db:5432/optuna"),
+    ("sqlite:///results/x.db", "sqlite:///results/x.db"),
+])
+def test_redact_url_hides_passwords(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_execution_is_a_grid_axis_with_its_own_cells(tmp_path):
+    spec = _spec(executions=("eager", "eager+channels_last"), trials=1, seeds=1, epochs=2)
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    s = run.summary
+    assert s["cell"].tolist() == ["shots=20/full_finetune/eager", "shots=20/full_finetune/eager+channels_last"]
+    assert set(load(run.run_dir).measurements["execution"]) == {"eager", "eager+channels_last"}
+    assert dataclasses.asdict(spec)["executions"] == ("eager", "eager+channels_last")
+
+
+def test_a_trial_failing_after_some_epochs_reports_no_accuracy_to_selection():
+    from harness.data import load_task
+    from harness.spec import TrialConfig
+    from harness.trial import TrialContext, run_trial
+
+    def fail_in_epoch_1(rec):
+        if rec.epoch == 1:
+            raise RuntimeError("disk full")
+
+    cfg = TrialConfig("t", "c", "search", 0, 0, "full_finetune", {"lr": 0.01, "weight_decay": 0.0},
+                      "digits", (0, 1, 2), 20, epochs=3, batch_size=16)
+    res = run_trial(cfg, TrialContext("r", load_task("digits", (0, 1, 2), 20)), fail_in_epoch_1)
+    assert res.status == "failed" and res.error == "RuntimeError: disk full"
+    assert res.val_accuracy != res.val_accuracy  # NaN, though epochs 0 and 1 had accuracies
+    epochs_logged = {r.epoch for r in res.records if r.metric == "accuracy" and r.split == "val"}
+    assert epochs_logged >= {0, 1} and all(r.status == "failed" for r in res.records)
