@@ -68,6 +68,9 @@ def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
             raise UserError(f"{where} field {name!r} must be {want}, but got {value!r}.")
 
 
+PRUNERS = ("median", "none")
+
+
 def budget_label(shots: int | None) -> str:
     return "all" if shots is None else str(shots)
 
@@ -92,6 +95,10 @@ class StudySpec:
     executions: tuple[str, ...] = ("eager",)  # labels parsed by harness.execution.parse_execution
     # strategy -> hyperparameters Optuna tries first (study.enqueue_trial), e.g. a paper's recipe
     enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # "median": stop a trial whose val accuracy is below the median of earlier trials at the same
+    # epoch, judged only from the second half of training on (phased strategies start slowly);
+    # "none": every trial runs to the end
+    pruner: str = "median"
     sampler_seed: int = 0
 
     def cells(self) -> list[tuple[int | None, str, str]]:
@@ -130,6 +137,8 @@ class StudySpec:
             raise UserError("strategies, budgets and executions must each name at least one.")
         for label in self.executions:
             parse_execution(label).check_device(device)
+        if self.pruner not in PRUNERS:
+            raise UserError(f"pruner must be one of {PRUNERS}, but got {self.pruner!r}.")
         unknown = sorted(set(self.enqueue) - set(self.strategies))
         if unknown:
             raise UserError(f"enqueue names strategies {unknown} that the study does not compare "
@@ -172,7 +181,7 @@ _SPEC_TYPES = {
     "name": str, "description": str, "dataset": str, "model": str, "device": str,
     "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
-    "sampler_seed": int, "enqueue": Mapping,
+    "sampler_seed": int, "enqueue": Mapping, "pruner": str,
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,

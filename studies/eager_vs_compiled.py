@@ -30,6 +30,7 @@ def eager_vs_compiled() -> StudySpec:
         epochs=4,
         batch_size=64,
         trials=1,  # no search: the enqueued config below is the one measured
+        pruner="none",
         seeds=3,
         enqueue={
             "full_finetune": FIXED,

@@ -14,13 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def _isolated_cache(tmp_path_factory):
     """Pretrained checkpoints of the test session go to a fresh folder, never the user's cache."""
     path = tmp_path_factory.mktemp("harness-cache")
-    old = os.environ.get("HARNESS_CACHE_DIR")
-    os.environ["HARNESS_CACHE_DIR"] = str(path)
+    # inductor's cache too: every session compiles cold, as CI on a new machine does
+    inductor = tmp_path_factory.mktemp("inductor-cache")
+    names = {"HARNESS_CACHE_DIR": str(path), "TORCHINDUCTOR_CACHE_DIR": str(inductor)}
+    old = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)
     yield path
-    if old is None:
-        os.environ.pop("HARNESS_CACHE_DIR", None)
-    else:
-        os.environ["HARNESS_CACHE_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _run_cli(*args, cwd=None, timeout=600):

@@ -119,7 +119,7 @@ def test_each_epoch_trains_exactly_what_its_phase_names(name, execution):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["progressive_unfreezing", "lp_ft"])
+@pytest.mark.parametrize("name", NAMES)
 def test_inductor_trains_what_each_phase_unfroze(name):
     """The stale-graph trap with the real default compiler: newly unfrozen blocks must train."""
     model, plan, _, res, snapshots, _ = _run(name, "compile", epochs=3)

@@ -106,6 +106,7 @@ def test_default_budget_runs_end_to_end(run_cli_module, tmp_path):
     res = run_cli_module("study", "finetune_vs_probe", "--out", str(tmp_path), "--quiet")
     assert res.returncode == 0, res.stderr
     s = load(_only_run(tmp_path)).summary
-    assert (s["n_seeds"] == 5).all() and (s["trials_ok"] == 10).all()
+    assert (s["n_seeds"] == 5).all() and (s["trials_failed"] == 0).all()
+    assert ((s["trials_ok"] + s["trials_pruned"]) == 10).all()
     everything = s[s["budget"] == "all"].set_index("strategy")["test_acc_mean"]
     assert everything["full_finetune"] > 0.9  # the pretrained backbone transfers
