@@ -22,7 +22,7 @@ import torch
 from harness.errors import UserError
 from harness.registry import DATASETS
 
-__all__ = ["Split", "Task", "load_dataset", "split_indices", "load_task", "SPLIT_FRACTIONS"]
+__all__ = ["SPLIT_FRACTIONS", "Split", "Task", "load_dataset", "load_task", "split_indices"]
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test, per class
 SPLITS = ("train", "val", "test")
@@ -76,8 +76,8 @@ def split_indices(
         if len(idx) < len(SPLITS):
             raise UserError(f"class {c} has {len(idx)} examples; each split needs at least one.")
         idx = np.random.default_rng([split_seed, int(c)]).permutation(idx)
-        n_train = int(round(fractions[0] * len(idx)))
-        n_val = int(round(fractions[1] * len(idx)))
+        n_train = round(fractions[0] * len(idx))
+        n_val = round(fractions[1] * len(idx))
         out["train"].append(idx[:n_train])
         out["val"].append(idx[n_train : n_train + n_val])
         out["test"].append(idx[n_train + n_val :])

@@ -19,7 +19,7 @@ import torch
 
 from harness.errors import UserError
 
-__all__ = ["Execution", "parse_execution", "COMPILE_MODES", "AMP_DTYPES", "CompileCounter"]
+__all__ = ["AMP_DTYPES", "COMPILE_MODES", "CompileCounter", "Execution", "parse_execution"]
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

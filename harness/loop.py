@@ -38,9 +38,20 @@ from harness.execution import CompileCounter, Execution
 from harness.measure import Throughput, clock, steady_state
 from harness.strategy import Phase, Plan
 
-__all__ = ["LoopConfig", "EpochRecord", "PhaseStats", "LoopResult", "train", "evaluate",
-           "apply_phase", "set_bn_mode", "NonFiniteLossError", "StaleGraphError", "cosine",
-           "ALL_PHASES"]
+__all__ = [
+    "ALL_PHASES",
+    "EpochRecord",
+    "LoopConfig",
+    "LoopResult",
+    "NonFiniteLossError",
+    "PhaseStats",
+    "StaleGraphError",
+    "apply_phase",
+    "cosine",
+    "evaluate",
+    "set_bn_mode",
+    "train",
+]
 
 ALL_PHASES = "all"  # the key of the whole-run throughput beside the per-phase ones
 

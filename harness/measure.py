@@ -19,11 +19,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
 
-__all__ = ["sync", "clock", "Throughput", "steady_state", "PeakMemory", "environment"]
+__all__ = ["PeakMemory", "Throughput", "clock", "environment", "steady_state", "sync"]
 
 
 def sync(device: torch.device | str) -> None:
@@ -129,7 +130,7 @@ class PeakMemory:
         self.kind = "cuda_allocated" if self.device.type == "cuda" else "cpu_rss"
         self._resettable = True
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         _release_free_memory()  # earlier trials' garbage must not count as this trial's memory
         if self.device.type == "cuda":
             sync(self.device)

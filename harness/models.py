@@ -14,7 +14,7 @@ from torch import nn
 
 from harness.registry import MODELS
 
-__all__ = ["build_model", "blocks", "replace_head", "HEAD"]
+__all__ = ["HEAD", "blocks", "build_model", "replace_head"]
 
 HEAD = "head"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from harness._io import atomic_write_bytes  # noqa: E402
+from harness._io import atomic_write_bytes
 
 __all__ = ["accuracy_vs_throughput", "learning_curves", "write_all"]
 

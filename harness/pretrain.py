@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
+from harness._io import atomic_write_bytes, atomic_write_text
 from harness.data import load_task
 from harness.loop import LoopConfig, train
 from harness.models import blocks, build_model
 from harness.spec import PretrainRecipe
 from harness.strategy import Phase, Plan
-from harness._io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Pretrained", "cache_dir", "pretrained_backbone", "recipe_key"]
 
@@ -75,7 +75,7 @@ def _load_cached(recipe: PretrainRecipe, ckpt: Path, meta: Path) -> Pretrained |
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         task_classes = len(recipe.classes)
         build_model(recipe.model, int(info["in_channels"]), task_classes).load_state_dict(state)
-    except Exception as e:  # any defect of the file means: rebuild it
+    except Exception as e:  # noqa: BLE001 - any defect of the file means: rebuild it
         log.warning("pretrained checkpoint %s is unusable (%s: %s); rebuilding it", ckpt, type(e).__name__, e)
         return None
     return Pretrained(recipe, state, float(info["source_val_accuracy"]), True, float(info["seconds"]), ckpt)

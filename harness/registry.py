@@ -22,7 +22,7 @@ from harness.errors import UserError
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "UnknownNameError", "STRATEGIES", "DATASETS", "MODELS", "STUDIES"]
+__all__ = ["DATASETS", "MODELS", "STRATEGIES", "STUDIES", "Registry", "UnknownNameError"]
 
 
 class UnknownNameError(UserError, KeyError):

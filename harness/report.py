@@ -9,7 +9,7 @@ import pandas as pd
 
 from harness._io import atomic_write_text
 
-__all__ = ["summary_view", "markdown_table", "write_markdown"]
+__all__ = ["markdown_table", "summary_view", "write_markdown"]
 
 
 def summary_view(summary: pd.DataFrame) -> pd.DataFrame:

@@ -19,8 +19,14 @@ import torch
 from harness.errors import UserError
 from harness.registry import DATASETS, MODELS, STRATEGIES, STUDIES
 
-__all__ = ["PretrainRecipe", "StudySpec", "TrialConfig", "load_study", "resolve_device",
-           "budget_label"]
+__all__ = [
+    "PretrainRecipe",
+    "StudySpec",
+    "TrialConfig",
+    "budget_label",
+    "load_study",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,16 @@ from typing import Any, ClassVar
 
 import optuna
 
-__all__ = ["BN_MODES", "SOLVERS", "Phase", "Plan", "Strategy", "layerwise_scales",
-           "unfreeze_starts", "top_blocks"]
+__all__ = [
+    "BN_MODES",
+    "SOLVERS",
+    "Phase",
+    "Plan",
+    "Strategy",
+    "layerwise_scales",
+    "top_blocks",
+    "unfreeze_starts",
+]
 
 BN_MODES = ("train", "eval", "frozen")
 SOLVERS = ("sgd", "lbfgs")

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,10 +35,11 @@ from harness.measure import environment
 from harness.pretrain import Pretrained, pretrained_backbone, recipe_key
 from harness.registry import STRATEGIES
 from harness.spec import StudySpec, TrialConfig, budget_label, resolve_device
+from harness.strategy import Strategy
 from harness.tables import Measurement, measurements_frame, summarize, write_csv
 from harness.trial import TrialContext, TrialResult, failed_trial, run_trial
 
-__all__ = ["run_study", "StudyRun", "SEARCH_SEED", "FINAL_SEEDS", "redact_url"]
+__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "StudyRun", "redact_url", "run_study"]
 
 SEARCH_SEED = 0  # every search trial of every cell: configs differ, initialisation and order do not
 FINAL_SEEDS = 1000  # re-runs use FINAL_SEEDS + i, never the search seed
@@ -66,7 +68,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def _check_storage(url: str) -> None:
     try:
         optuna.storages.get_storage(url)
-    except Exception as e:  # any driver or URL error is the user's to fix
+    except Exception as e:  # noqa: BLE001 - any driver or URL error is the user's to fix
         raise UserError(f"cannot open Optuna storage {redact_url(url)!r}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}; pass a URL such as "
                         "sqlite:///path/to.db or postgresql://user:pass@host/db.") from None
@@ -129,6 +131,41 @@ def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained) -> list[Measur
             replace(base, split="train", metric="loaded_from_cache", value=float(pre.cached), unit="bool")]
 
 
+@dataclass(frozen=True)
+class _Cell:
+    """One cell's Optuna objective: every trial, failed ones included, goes to ``collect``."""
+
+    template: TrialConfig
+    ctx: TrialContext
+    strategy: Strategy
+    collect: Callable[[TrialResult], None]
+
+    def objective(self, trial: optuna.Trial) -> float:
+        try:
+            hp = self.strategy.search_space(trial)
+        except Exception as e:  # noqa: BLE001 - e.g. an enqueued value outside a log-scale range
+            res = failed_trial(replace(self.template, trial=trial.number, hp=dict(trial.params)),
+                               self.ctx, f"{type(e).__name__} in search_space: {e}")
+            self.collect(res)
+            trial.set_user_attr("error", res.error)
+            return float("nan")
+        trial.set_user_attr("hp", hp)
+
+        def report_epoch(rec) -> None:
+            trial.report(rec.val_accuracy, rec.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        res = run_trial(replace(self.template, trial=trial.number, hp=hp), self.ctx, report_epoch)
+        self.collect(res)
+        trial.set_user_attr("status", res.status)
+        if res.error:
+            trial.set_user_attr("error", res.error)
+        if res.status == "pruned":
+            raise optuna.TrialPruned()
+        return res.val_accuracy  # NaN for a failed trial: Optuna marks it FAIL and goes on
+
+
 def _trial_row(res: TrialResult) -> dict:
     c = res.config
     row = {
@@ -182,6 +219,13 @@ def run_study(
         bar = tqdm(total=len(spec.cells()) * (spec.trials + spec.seeds), desc=spec.name,
                    unit="trial", disable=not progress)
         tasks = {}
+
+        def collect(res: TrialResult) -> None:
+            rows.extend(res.records)
+            trial_rows.append(_trial_row(res))
+            bar.set_postfix_str(f"{res.config.cell} {res.status} val={res.val_accuracy:.3f}")
+            bar.update()
+
         for budget, strategy_name, execution in spec.cells():
             if budget not in tasks:
                 tasks[budget] = load_task(spec.dataset, spec.classes, budget, device)
@@ -195,37 +239,7 @@ def run_study(
                 batch_size=spec.batch_size,
             )
 
-            def collect(res: TrialResult) -> None:
-                rows.extend(res.records)
-                trial_rows.append(_trial_row(res))
-                bar.set_postfix_str(f"{cell} {res.status} val={res.val_accuracy:.3f}")
-                bar.update()
-
-            def objective(trial: optuna.Trial) -> float:
-                try:
-                    hp = strategy.search_space(trial)
-                except Exception as e:  # e.g. an enqueued value outside a log-scale range
-                    res = failed_trial(replace(template, trial=trial.number, hp=dict(trial.params)),
-                                       ctx, f"{type(e).__name__} in search_space: {e}")
-                    collect(res)
-                    trial.set_user_attr("error", res.error)
-                    return float("nan")
-                trial.set_user_attr("hp", hp)
-
-                def report_epoch(rec):
-                    trial.report(rec.val_accuracy, rec.epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned()
-
-                res = run_trial(replace(template, trial=trial.number, hp=hp), ctx, report_epoch)
-                collect(res)
-                trial.set_user_attr("status", res.status)
-                if res.error:
-                    trial.set_user_attr("error", res.error)
-                if res.status == "pruned":
-                    raise optuna.TrialPruned()
-                return res.val_accuracy  # NaN for a failed trial: Optuna marks it FAIL and goes on
-
+            cell_run = _Cell(template, ctx, strategy, collect)
             study = optuna.create_study(
                 storage=storage_url, study_name=f"{spec.name}/{run_id}/{cell}", direction="maximize",
                 sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed,
@@ -234,7 +248,7 @@ def run_study(
             )
             if strategy_name in spec.enqueue:
                 study.enqueue_trial(dict(spec.enqueue[strategy_name]))
-            study.optimize(objective, n_trials=spec.trials)
+            study.optimize(cell_run.objective, n_trials=spec.trials)
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             if not done:
                 bar.update(spec.seeds)  # nothing to re-run: the cell shows as failed in the tables

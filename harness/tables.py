@@ -37,8 +37,15 @@ import pandas as pd
 
 from harness._io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Measurement", "COLUMNS", "RunTables", "atomic_write_text", "atomic_write_bytes",
-           "write_csv", "load"]
+__all__ = [
+    "COLUMNS",
+    "Measurement",
+    "RunTables",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load",
+    "write_csv",
+]
 
 
 @dataclass(frozen=True)

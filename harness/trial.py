@@ -29,7 +29,7 @@ from harness.registry import STRATEGIES
 from harness.spec import TrialConfig, budget_label
 from harness.tables import Measurement
 
-__all__ = ["TrialContext", "TrialResult", "run_trial", "failed_trial", "build_trial_model"]
+__all__ = ["TrialContext", "TrialResult", "build_trial_model", "failed_trial", "run_trial"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def run_trial(
             test_acc, _ = evaluate(model, ctx.task.test)
     except optuna.TrialPruned:
         status = "pruned"
-    except Exception as e:  # a failed trial is a row, not a crash of the study
+    except Exception as e:  # noqa: BLE001 - a failed trial is a row, not a crash of the study
         status = "failed"
         error = f"{type(e).__name__}: {e}".strip()
         if not str(e):

@@ -32,7 +32,8 @@ def _run_cli(*args, cwd=None, timeout=600):
     import subprocess
 
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, timeout=timeout, env=os.environ.copy())
+                          text=True, cwd=cwd or ROOT, timeout=timeout, env=os.environ.copy(),
+                          check=False)
 
 
 @pytest.fixture

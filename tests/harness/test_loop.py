@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from harness.data import Split
 from harness.loop import LoopConfig, NonFiniteLossError, apply_phase, cosine, train

@@ -9,8 +9,8 @@ from harness.tables import load
 
 
 def _spec(**kw):
-    base = dict(name="t", description="t", dataset="digits", classes=(0, 1, 2), budgets=(20,),
-                strategies=("full_finetune",), epochs=4, batch_size=16, trials=3, seeds=2)
+    base = {"name": "t", "description": "t", "dataset": "digits", "classes": (0, 1, 2), "budgets": (20,),
+                "strategies": ("full_finetune",), "epochs": 4, "batch_size": 16, "trials": 3, "seeds": 2}
     return StudySpec(**{**base, **kw})
 
 

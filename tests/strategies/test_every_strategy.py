@@ -132,7 +132,7 @@ def test_inductor_trains_what_each_phase_unfroze(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_effective_lr_is_base_times_scale_times_schedule_at_every_step(name):
     seen = []
-    model, plan, hp, res, _, cfg = _run(name, "eager", on_step=lambda s, opt: seen.append(
+    _model, plan, hp, _res, _, _cfg = _run(name, "eager", on_step=lambda s, opt: seen.append(
         (s, [(g["block"], g["lr"], g["lr_scale"]) for g in opt.param_groups])))
     total = (36 // 8) * EPOCHS
     steps_per_epoch = 36 // 8
@@ -194,7 +194,7 @@ def test_lbfgs_probe_is_scikit_learns_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
     data = _data(60)
-    model, plan, hp, res, _, _ = _run("linear_probe_lbfgs", "eager", data=data)
+    model, _plan, hp, res, _, _ = _run("linear_probe_lbfgs", "eager", data=data)
     feats = model[:-1].eval()(data.x).detach().double().numpy()
     clf = LogisticRegression(C=hp["C"], max_iter=1000).fit(feats, data.y.numpy())
     pred = model.head(torch.as_tensor(feats, dtype=torch.float32)).argmax(1).numpy()
