@@ -35,7 +35,8 @@ from torch import nn
 
 from harness.data import Split
 from harness.execution import CompileCounter, Execution
-from harness.measure import Throughput, clock, steady_state
+from harness.flops import flops_per_sample
+from harness.measure import PeakMemory, StepClock, Throughput, clock, steady_state
 from harness.strategy import Phase, Plan
 
 __all__ = [
@@ -86,6 +87,7 @@ class EpochRecord:
     val_accuracy: float
     val_loss: float
     lr: float  # the base learning rate of the epoch's first step, before lr_scale
+    train_seconds: float = 0.0  # cumulative training time at the epoch's end (evaluation excluded)
 
 
 @dataclass
@@ -99,6 +101,15 @@ class PhaseStats:
     timed_recompiles: int = 0  # graphs compiled inside the timed (post-warm-up) steps: should be 0
     feature_cache_s: float = 0.0  # computing the frozen features once
     solver_s: float = 0.0  # the lbfgs fit
+    # per step, the parts of step_seconds (CUDA events on a GPU, so no extra syncs) and the
+    # batch indexing before it (outside step_seconds)
+    forward_s: list[float] = field(default_factory=list)  # forward and loss
+    backward_s: list[float] = field(default_factory=list)  # zero_grad and backward
+    optimizer_s: list[float] = field(default_factory=list)  # optimizer step
+    data_s: list[float] = field(default_factory=list)
+    optimizer_state_bytes: int = 0  # after the phase's first step
+    train_flops_per_sample: float = float("nan")  # forward + backward of what trains (0 for lbfgs)
+    memory: PeakMemory | None = None  # peak over the phase's steps and evaluations
 
 
 @dataclass
@@ -109,6 +120,8 @@ class LoopResult:
     throughput: dict[str, Throughput] = field(default_factory=dict)  # per phase and ALL_PHASES
     train_seconds: float = 0.0  # all training steps, feature caching and solver fits included
     batch_size: int = 0  # the training batch actually used: min(cfg.batch_size, examples)
+    eval_flops_per_sample: float = float("nan")
+    memory_start_bytes: float = float("nan")  # resident (CPU) or allocated (CUDA) at the start
 
 
 def cosine(progress: float) -> float:
@@ -216,93 +229,122 @@ def train(
     cached: tuple[torch.Tensor, torch.Tensor] | None = None  # train and val features of the phase
     check_grads = False
 
-    for epoch in range(cfg.epochs):
-        new_phase = plan.phase_at(epoch)
-        if new_phase is not phase:
-            phase = new_phase
-            groups = apply_phase(model, phase)
-            opt = torch.optim.SGD(
-                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                weight_decay=cfg.weight_decay,
-            )
-            stats = result.phases.setdefault(phase.name, PhaseStats())
-            check_grads = True
-            cached = None
-            if phase.cache_features or phase.solver == "lbfgs":
+    marks = StepClock(device)
+    elapsed = 0.0  # cumulative training time, for time to accuracy
+    result.memory_start_bytes = PeakMemory(device).current_bytes()
+    result.eval_flops_per_sample = flops_per_sample(model.eval(), x_val[: min(len(x_val), bs)],
+                                                    train=False)
+    mem: PeakMemory | None = None
+    try:
+        for epoch in range(cfg.epochs):
+            new_phase = plan.phase_at(epoch)
+            if new_phase is not phase:
+                if mem is not None:
+                    mem.__exit__(None, None, None)
+                phase = new_phase
+                stats = result.phases.setdefault(phase.name, PhaseStats())
+                stats.memory = mem = PeakMemory(device, release=False).__enter__()
+                groups = apply_phase(model, phase)
+                opt = torch.optim.SGD(
+                    groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                    weight_decay=cfg.weight_decay,
+                )
+                check_grads = True
+                cached = None
+                if phase.cache_features or phase.solver == "lbfgs":
+                    t0 = clock(device)
+                    backbone = model[:-1].eval()
+                    with ex.autocast(device):
+                        cached = (_logits_in_batches(backbone, x_train, cfg.eval_batch_size).float(),
+                                  _logits_in_batches(backbone, x_val, cfg.eval_batch_size).float())
+                    stats.feature_cache_s += clock(device) - t0
+                if phase.solver == "lbfgs":
+                    t0 = time.perf_counter()
+                    _fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
+                    stats.solver_s += time.perf_counter() - t0
+                elapsed += stats.feature_cache_s + stats.solver_s
+                model.train()
+                set_bn_mode(model, phase)
+                stats.train_flops_per_sample = (
+                    0.0 if phase.solver == "lbfgs"
+                    else flops_per_sample(head, cached[0][:bs]) if cached is not None
+                    else flops_per_sample(model, x_train[:bs]))
+            model.train()
+            set_bn_mode(model, phase)
+            perm = torch.randperm(n, generator=g).to(device)
+            losses = []
+            epoch_lr = cfg.lr * cosine(step / total_steps)
+            for i in range(steps_per_epoch):
+                lr_now = cfg.lr * cosine(step / total_steps)
+                if phase.solver == "lbfgs":  # fitted once at the phase start; its epochs take no steps
+                    step += 1
+                    continue
+                t_data = time.perf_counter()
+                idx = perm[i * bs : (i + 1) * bs]
+                xb = cached[0][idx] if cached is not None else x_train[idx]
+                yb = train_split.y[idx]
+                fn = head if cached is not None else step_fn
+                for group in opt.param_groups:
+                    group["lr"] = lr_now * group["lr_scale"]
+                before = graphs()
                 t0 = clock(device)
-                backbone = model[:-1].eval()
+                m0 = marks.mark()
                 with ex.autocast(device):
-                    cached = (_logits_in_batches(backbone, x_train, cfg.eval_batch_size).float(),
-                              _logits_in_batches(backbone, x_val, cfg.eval_batch_size).float())
-                stats.feature_cache_s += clock(device) - t0
-            if phase.solver == "lbfgs":
-                t0 = time.perf_counter()
-                _fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
-                stats.solver_s += time.perf_counter() - t0
-        model.train()
-        set_bn_mode(model, phase)
-        perm = torch.randperm(n, generator=g).to(device)
-        losses = []
-        epoch_lr = cfg.lr * cosine(step / total_steps)
-        for i in range(steps_per_epoch):
-            lr_now = cfg.lr * cosine(step / total_steps)
-            if phase.solver == "lbfgs":  # fitted once at the phase start; its epochs take no steps
+                    loss = F.cross_entropy(fn(xb), yb)
+                m1 = marks.mark()
+                opt.zero_grad(set_to_none=True)
+                (loss if scaler is None else scaler.scale(loss)).backward()
+                m2 = marks.mark()
+                if check_grads:
+                    _check_grads(opt, phase)
+                if scaler is None:
+                    opt.step()
+                else:
+                    scaler.step(opt)
+                    scaler.update()
+                m3 = marks.mark()
+                t1 = clock(device)
+                if check_grads:
+                    stats.optimizer_state_bytes = _state_bytes(opt)
+                check_grads = False
+                stats.data_s.append(t0 - t_data)
+                stats.forward_s.append(marks.elapsed(m0, m1))
+                stats.backward_s.append(marks.elapsed(m1, m2))
+                stats.optimizer_s.append(marks.elapsed(m2, m3))
+                elapsed += t1 - t0
+                compiled = graphs() - before
+                if compiled:
+                    stats.graphs_compiled += compiled
+                    stats.compile_steps_s += t1 - t0
+                    if len(stats.step_seconds) >= cfg.warmup_steps:
+                        stats.timed_recompiles += compiled
+                stats.step_seconds.append(t1 - t0)
+                stats.batch_sizes.append(bs)
+                losses.append(loss.detach())
+                if on_step is not None:
+                    on_step(step, opt)
                 step += 1
-                continue
-            idx = perm[i * bs : (i + 1) * bs]
-            xb = cached[0][idx] if cached is not None else x_train[idx]
-            yb = train_split.y[idx]
-            fn = head if cached is not None else step_fn
-            for group in opt.param_groups:
-                group["lr"] = lr_now * group["lr_scale"]
-            before = graphs()
-            t0 = clock(device)
-            with ex.autocast(device):
-                loss = F.cross_entropy(fn(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                if check_grads:
-                    _check_grads(opt, phase)
-                opt.step()
+            if losses:
+                epoch_losses = torch.stack(losses).float().cpu()
+                result.step_losses.extend(epoch_losses.tolist())
+                train_loss = float(epoch_losses.mean())
+            else:  # an lbfgs epoch: the loss of the fitted head on the training features
+                with torch.no_grad():
+                    train_loss = F.cross_entropy(head(cached[0]), train_split.y).item()
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch}")
+            if cached is not None:
+                with torch.no_grad():
+                    val_acc, val_loss = _scores(head(cached[1]).float(), val_split.y)
             else:
-                scaler.scale(loss).backward()
-                if check_grads:
-                    _check_grads(opt, phase)
-                scaler.step(opt)
-                scaler.update()
-            t1 = clock(device)
-            check_grads = False
-            compiled = graphs() - before
-            if compiled:
-                stats.graphs_compiled += compiled
-                stats.compile_steps_s += t1 - t0
-                if len(stats.step_seconds) >= cfg.warmup_steps:
-                    stats.timed_recompiles += compiled
-            stats.step_seconds.append(t1 - t0)
-            stats.batch_sizes.append(bs)
-            losses.append(loss.detach())
-            if on_step is not None:
-                on_step(step, opt)
-            step += 1
-        if losses:
-            epoch_losses = torch.stack(losses).float().cpu()
-            result.step_losses.extend(epoch_losses.tolist())
-            train_loss = float(epoch_losses.mean())
-        else:  # an lbfgs epoch: the loss of the fitted head on the training features
-            with torch.no_grad():
-                train_loss = F.cross_entropy(head(cached[0]), train_split.y).item()
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch}")
-        if cached is not None:
-            with torch.no_grad():
-                val_acc, val_loss = _scores(head(cached[1]).float(), val_split.y)
-        else:
-            val_acc, val_loss = evaluate(model, Split(x_val, val_split.y), cfg.eval_batch_size)
-        record = EpochRecord(epoch, phase.name, train_loss, val_acc, val_loss, epoch_lr)
-        result.epochs.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+                val_acc, val_loss = evaluate(model, Split(x_val, val_split.y), cfg.eval_batch_size)
+            record = EpochRecord(epoch, phase.name, train_loss, val_acc, val_loss, epoch_lr, elapsed)
+            result.epochs.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+    finally:
+        if mem is not None:
+            mem.__exit__(None, None, None)
 
     timed_secs, timed_sizes, warm = [], [], 0
     for name, st in result.phases.items():
@@ -315,6 +357,12 @@ def train(
     whole = steady_state(timed_secs, timed_sizes, 0)
     result.throughput[ALL_PHASES] = replace(whole, warmup_steps=warm)
     return result
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (momentum buffers for SGD)."""
+    return sum(t.numel() * t.element_size() for st in opt.state.values()
+               for t in st.values() if torch.is_tensor(t))
 
 
 def _check_grads(opt: torch.optim.Optimizer, phase: Phase) -> None:

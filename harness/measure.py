@@ -24,7 +24,7 @@ from typing import Self
 import numpy as np
 import torch
 
-__all__ = ["PeakMemory", "Throughput", "clock", "environment", "steady_state", "sync"]
+__all__ = ["PeakMemory", "StepClock", "Throughput", "clock", "environment", "steady_state", "sync"]
 
 
 def sync(device: torch.device | str) -> None:
@@ -68,6 +68,25 @@ def steady_state(step_seconds: Sequence[float], batch_sizes: Sequence[int], warm
     )
 
 
+class StepClock:
+    """Marks inside a step: ``perf_counter`` on the CPU, CUDA events on a GPU (recorded without
+    a sync, read after the step's closing sync), so splitting a step does not slow it down."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed(self, a, b) -> float:
+        """Seconds from mark ``a`` to mark ``b``; on CUDA, after the device was synchronised."""
+        return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
+
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -88,7 +107,7 @@ def _vm_rss_bytes() -> int | None:
     return int(m.group(1)) * 1024 if m else None
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS, so RSS starts from what is live."""
     import gc
 
@@ -121,8 +140,10 @@ class PeakMemory:
     True
     """
 
-    def __init__(self, device: torch.device | str) -> None:
+    def __init__(self, device: torch.device | str, release: bool = True) -> None:
         self.device = torch.device(device)
+        # collect garbage first (~0.2 s with pandas and optuna loaded): once per trial, not per phase
+        self.release = release
         self.peak_bytes: float = float("nan")
         self.reserved_bytes: float = float("nan")
         self.start_bytes: float = float("nan")
@@ -130,8 +151,16 @@ class PeakMemory:
         self.kind = "cuda_allocated" if self.device.type == "cuda" else "cpu_rss"
         self._resettable = True
 
+    def current_bytes(self) -> float:
+        """Resident bytes of the process (CPU) or allocated bytes (CUDA) now."""
+        if self.device.type == "cuda":
+            return float(torch.cuda.memory_allocated(self.device))
+        rss = _vm_rss_bytes()
+        return float("nan") if rss is None else float(rss)
+
     def __enter__(self) -> Self:
-        _release_free_memory()  # earlier trials' garbage must not count as this trial's memory
+        if self.release:
+            release_free_memory()  # earlier trials' garbage must not count as this trial's memory
         if self.device.type == "cuda":
             sync(self.device)
             torch.cuda.empty_cache()
@@ -165,11 +194,12 @@ def _git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5,
+            check=False,
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=5,
+            cwd=root, capture_output=True, text=True, timeout=5, check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -186,6 +216,15 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def device_name(device: torch.device | str) -> str:
@@ -219,6 +258,13 @@ def environment(device: torch.device | str) -> dict[str, object]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # variables that change speed or numerics without changing any code
+        "env_vars": {k: v for k, v in sorted(os.environ.items())
+                     if k.startswith(("OMP_", "MKL_", "OPENBLAS_", "CUDA_VISIBLE", "TORCH_",
+                                      "TORCHINDUCTOR_", "PYTORCH_", "CUBLAS_", "NVIDIA_TF32"))},
         "matmul_precision": torch.get_float32_matmul_precision(),
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -228,4 +274,7 @@ def environment(device: torch.device | str) -> dict[str, object]:
         env["device_capability"] = f"{cap[0]}.{cap[1]}"
         env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+        env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        env["cuda_device_count"] = torch.cuda.device_count()
+        env["driver"] = _nvidia_driver()
     return env

@@ -30,6 +30,9 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
         "best val %": (100 * summary["best_val_acc"]).round(1),
         "samples/s": summary["samples_per_s"].round(0),
         "peak MiB": summary["peak_memory_mib"].round(0),
+        "MFLOP/sample": (1000 * summary["train_gflops_per_sample"]).round(1),
+        "util % (matmul)": (100 * summary["utilisation"]).round(1),
+        "s to target": summary["time_to_target_s"].round(2),
         "BN": summary["bn_mode"],
         "trials ok/pruned/failed": summary.apply(
             lambda r: f"{r['trials_ok']}/{r['trials_pruned']}/{r['trials_failed']}", axis=1),
@@ -42,6 +45,16 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     lines.insert(1, "|" + "---|" * len(df.columns))
     return "\n".join(lines)
+
+
+def _busy_warning(measurements: pd.DataFrame, env: dict) -> str:
+    load = measurements[measurements["metric"] == "loadavg_1m"]["value"]
+    cpus = env.get("cpu_count") or 1
+    if load.empty or load.max() <= cpus + 1:
+        return ""
+    return (f"> **Warning: the machine was busy.** The 1-minute load average reached {load.max():.1f} "
+            f"on {cpus} CPUs during this run; CPU timings are unreliable. Re-run on a quiet "
+            "machine before comparing speeds.\n\n")
 
 
 def _execution_section(measurements: pd.DataFrame) -> str:
@@ -87,9 +100,15 @@ Target: `{spec['dataset']}` classes {spec['classes']}, model `{spec['model']}`, 
 ({env['device_name']}), execution {', '.join(f'`{e}`' for e in spec['executions'])}, {spec['epochs']} epochs, batch {spec['batch_size']}.
 Each cell: {spec['trials']} Optuna trials selected on validation accuracy, then the best config
 re-run with {spec['seeds']} seeds; test accuracy is mean ± 95% CI (Student's t) over those seeds.
-Throughput is steady-state training samples/s (warm-up steps excluded), median over the re-runs.
+Throughput is steady-state training samples/s (warm-up steps excluded), median over the re-runs;
+peak MiB is the rise of peak memory over the trial's start; MFLOP/sample counts forward and
+backward of what trains (torch.utils.flop_counter); util % is achieved FLOP/s over this device's
+empirical matmul peak (not a datasheet figure); s to target is training time until validation
+accuracy first reached the study's target (empty: never reached, or no target).
+The labelled subset of each budget is fixed by the split seed, so the CI covers initialisation
+and data order, not which examples were labelled.
 
-{pretrain_line}## Summary
+{_busy_warning(measurements, env)}{pretrain_line}## Summary
 
 {markdown_table(summary_view(summary))}
 

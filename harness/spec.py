@@ -106,6 +106,8 @@ class StudySpec:
     # "none": every trial runs to the end
     pruner: str = "median"
     sampler_seed: int = 0
+    # validation accuracy whose first crossing is timed (time_to_target_s); None: not measured
+    target_accuracy: float | None = None
 
     def cells(self) -> list[tuple[int | None, str, str]]:
         return [(b, s, e) for b in self.budgets for s in self.strategies for e in self.executions]
@@ -143,6 +145,12 @@ class StudySpec:
             raise UserError("strategies, budgets and executions must each name at least one.")
         for label in self.executions:
             parse_execution(label).check_device(device)
+        if self.target_accuracy is not None and (
+                isinstance(self.target_accuracy, bool)
+                or not isinstance(self.target_accuracy, (int, float))
+                or not 0 < self.target_accuracy <= 1):
+            raise UserError(f"target_accuracy must be a fraction in (0, 1], but got "
+                            f"{self.target_accuracy!r}.")
         if self.pruner not in PRUNERS:
             raise UserError(f"pruner must be one of {PRUNERS}, but got {self.pruner!r}.")
         unknown = sorted(set(self.enqueue) - set(self.strategies))
@@ -181,6 +189,7 @@ class TrialConfig:
     execution: str = "eager"
     epochs: int = 10
     batch_size: int = 64
+    target_accuracy: float | None = None
 
 
 _SPEC_TYPES = {

@@ -236,7 +236,7 @@ def run_study(
                 study=spec.name, cell=cell, stage="search", trial=0, seed=SEARCH_SEED,
                 strategy=strategy_name, hp={}, dataset=spec.dataset, classes=spec.classes, shots=budget,
                 model=spec.model, device=spec.device, execution=execution, epochs=spec.epochs,
-                batch_size=spec.batch_size,
+                batch_size=spec.batch_size, target_accuracy=spec.target_accuracy,
             )
 
             cell_run = _Cell(template, ctx, strategy, collect)

@@ -135,9 +135,21 @@ def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
 
 SUMMARY_COLUMNS = (
     "cell", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
-    "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "bn_mode", "best_params",
+    "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "train_gflops_per_sample",
+    "utilisation", "time_to_target_s", "bn_mode", "best_params",
     "trials_ok", "trials_pruned", "trials_failed",
 )
+
+
+def _phase_weighted(m: pd.DataFrame, metric: str) -> float:
+    """Per-phase values weighted by each phase's timed steps, one number per run; median over runs."""
+    v = m[m["metric"] == metric].set_index(["seed", "phase"])["value"]
+    w = m[(m["metric"] == "timed_steps") & (m["phase"] != "all")].set_index(["seed", "phase"])["value"]
+    both = pd.concat([v, w], axis=1, keys=["v", "w"], join="inner").dropna()
+    if both.empty or both["w"].sum() == 0:
+        return float("nan")
+    per_run = both.groupby(level="seed").apply(lambda d: (d["v"] * d["w"]).sum() / d["w"].sum())
+    return float(per_run.median())
 
 
 def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -155,6 +167,8 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         peak = mc[mc["metric"].isin(["peak_cpu_rss_increase", "peak_cuda_allocated_increase",
                                      "peak_cpu_rss_process_lifetime_increase"])]["value"]
         ok_search = search[search["status"] == "ok"]
+
+
         rows.append({
             "cell": cell, "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
             "execution": g["execution"].iloc[0],
@@ -162,6 +176,9 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "test_acc_low": mean - half, "test_acc_high": mean + half,
             "best_val_acc": ok_search["val_accuracy"].max() if len(ok_search) else float("nan"),
             "samples_per_s": speed.median(), "peak_memory_mib": peak.median() / 2**20,
+            "train_gflops_per_sample": _phase_weighted(mc, "train_flops_per_sample") / 1e9,
+            "utilisation": _phase_weighted(mc, "utilisation_empirical"),
+            "time_to_target_s": mc[mc["metric"] == "time_to_target_s"]["value"].median(),
             "bn_mode": (final if len(final) else search)["bn_mode"].iloc[0],
             "best_params": final["params"].iloc[0] if len(final) else "",
             "trials_ok": int((search["status"] == "ok").sum()),

@@ -16,14 +16,16 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import numpy as np
 import optuna
 import torch
 import torch._dynamo
 
 from harness.data import Task
-from harness.execution import parse_execution
+from harness.execution import AMP_DTYPES, parse_execution
+from harness.flops import datasheet_peak, empirical_peak
 from harness.loop import EpochRecord, LoopConfig, LoopResult, evaluate, train
-from harness.measure import PeakMemory
+from harness.measure import device_name, release_free_memory
 from harness.models import blocks, build_model, count_parameters, replace_head
 from harness.registry import STRATEGIES
 from harness.spec import TrialConfig, budget_label
@@ -78,7 +80,6 @@ def run_trial(
     epochs: list[EpochRecord] = []
     status, error, bn_mode = "ok", "", ""
     result: LoopResult | None = None
-    mem = PeakMemory(ctx.task.train.x.device)
     test_acc = None
     n_trainable = 0
 
@@ -103,8 +104,8 @@ def run_trial(
             weight_decay=float(cfg.hp.get("weight_decay", 0.0)), seed=cfg.seed,
             execution=execution,
         )
-        with mem:
-            result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
+        release_free_memory()  # earlier trials' garbage must not count as this trial's memory
+        result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
         n_trainable = count_parameters(model, trainable_only=True)
         if cfg.stage == "final":
             test_acc, _ = evaluate(model, ctx.task.test)
@@ -118,18 +119,23 @@ def run_trial(
     seconds = time.perf_counter() - t0
     # a failed run's last accuracy must never reach selection: NaN makes Optuna mark it FAIL
     val_acc = epochs[-1].val_accuracy if epochs and status != "failed" else float("nan")
-    records = _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainable)
+    records = _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
     return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records))
 
 
 def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult:
     """A trial that failed before it could train (for example, its hyperparameters were invalid)."""
-    records = _records(cfg, ctx, "failed", [], None, None, None, 0.0, 0)
+    records = _records(cfg, ctx, "failed", [], None, None, 0.0, 0)
     return TrialResult(cfg, "failed", error, float("nan"), None, 0.0, "", tuple(records))
 
 
-def _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainable):
+def _p50(values: list[float], warmup: int) -> float:
+    v = values[warmup:]
+    return float(np.median(v)) if v else float("nan")
+
+
+def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable):
     base = Measurement(
         run_id=ctx.run_id, study=cfg.study, cell=cfg.cell, stage=cfg.stage, trial=cfg.trial,
         phase="all", strategy=cfg.strategy, dataset=cfg.dataset, model=cfg.model,
@@ -144,36 +150,75 @@ def _records(cfg, ctx, status, epochs, result, mem, test_acc, seconds, n_trainab
     for e in epochs:
         add("loss", e.train_loss, "nats", phase=e.phase, epoch=e.epoch)
         add("lr", e.lr, "1", phase=e.phase, epoch=e.epoch)
+        add("train_time_s", e.train_seconds, "s", phase=e.phase, epoch=e.epoch)
         add("accuracy", e.val_accuracy, "fraction", phase=e.phase, split="val", epoch=e.epoch)
         add("loss", e.val_loss, "nats", phase=e.phase, split="val", epoch=e.epoch)
     if epochs:
         add("accuracy", epochs[-1].val_accuracy, "fraction", split="val")
+    if cfg.target_accuracy is not None:
+        reached = [e.train_seconds for e in epochs if e.val_accuracy >= cfg.target_accuracy]
+        # seconds of training (evaluation excluded) until val accuracy first reached the target
+        add("time_to_target_s", reached[0] if reached else float("nan"), "s", split="val")
+        add("target_accuracy", cfg.target_accuracy, "fraction", split="val")
     if test_acc is not None:
         add("accuracy", test_acc, "fraction", split="test")
     if result is not None:
-        for phase, st in result.phases.items():
-            add("graphs_compiled", st.graphs_compiled, "count", phase=phase)
-            add("timed_recompiles", st.timed_recompiles, "count", phase=phase)
-            if st.graphs_compiled:
-                # the steps that compiled, compilation included (their excess over a steady step
-                # is the compile cost; both are in the table)
-                add("compile_steps_s", st.compile_steps_s, "s", phase=phase)
-            if st.feature_cache_s:
-                add("feature_cache_s", st.feature_cache_s, "s", phase=phase)
-            if st.solver_s:
-                add("solver_s", st.solver_s, "s", phase=phase)
-        for phase, tp in result.throughput.items():
-            add("samples_per_s", tp.samples_per_s, "samples/s", phase=phase)
-            add("step_p50_s", tp.step_p50_s, "s", phase=phase)
-            add("step_p90_s", tp.step_p90_s, "s", phase=phase)
-            add("timed_steps", tp.timed_steps, "count", phase=phase)
-            add("warmup_steps", tp.warmup_steps, "count", phase=phase)
-        add("train_time_s", result.train_seconds, "s")
-        add("batch_size", result.batch_size, "count")
-        add(f"peak_{mem.kind}", mem.peak_bytes, "bytes")
-        add(f"peak_{mem.kind}_increase", mem.increase_bytes, "bytes")
-        if mem.kind == "cuda_allocated":
-            add("peak_cuda_reserved", mem.reserved_bytes, "bytes")
+        _loop_rows(add, cfg, result)
         add("trainable_params", n_trainable, "count")
     add("trial_time_s", seconds, "s")
     return rows
+
+
+def _loop_rows(add, cfg, result):
+    """Speed, compute, compilation and memory of the loop, per phase and for the whole run."""
+    execution = parse_execution(cfg.execution)
+    device = torch.device(cfg.device)
+    dtype = AMP_DTYPES.get(execution.amp, torch.float32)
+    emp_peak = empirical_peak(device, dtype)
+    sheet_peak = datasheet_peak(device_name(device), dtype) if device.type == "cuda" else None
+    peaks, kind = [], "cpu_rss"
+    add("eval_flops_per_sample", result.eval_flops_per_sample, "FLOP", split="val")
+    for phase, st in result.phases.items():
+        tp = result.throughput[phase]
+        w = tp.warmup_steps
+        add("graphs_compiled", st.graphs_compiled, "count", phase=phase)
+        add("timed_recompiles", st.timed_recompiles, "count", phase=phase)
+        if st.graphs_compiled:
+            # the steps that compiled, compilation included (their excess over a steady step
+            # is the compile cost; both are in the table)
+            add("compile_steps_s", st.compile_steps_s, "s", phase=phase)
+        if st.feature_cache_s:
+            add("feature_cache_s", st.feature_cache_s, "s", phase=phase)
+        if st.solver_s:
+            add("solver_s", st.solver_s, "s", phase=phase)
+        for part in ("forward", "backward", "optimizer", "data"):
+            add(f"{part}_p50_s", _p50(getattr(st, f"{part}_s"), w), "s", phase=phase)
+        add("optimizer_state_bytes", st.optimizer_state_bytes, "bytes", phase=phase)
+        add("train_flops_per_sample", st.train_flops_per_sample, "FLOP", phase=phase)
+        achieved = st.train_flops_per_sample * tp.samples_per_s
+        add("achieved_flops_per_s", achieved, "FLOP/s", phase=phase)
+        add("utilisation_empirical", achieved / emp_peak, "fraction", phase=phase)
+        if sheet_peak:
+            add("utilisation_datasheet", achieved / sheet_peak, "fraction", phase=phase)
+        if st.memory is not None:
+            kind = st.memory.kind
+            add(f"peak_{kind}", st.memory.peak_bytes, "bytes", phase=phase)
+            add(f"peak_{kind}_increase", st.memory.increase_bytes, "bytes", phase=phase)
+            if device.type == "cuda":
+                add("peak_cuda_reserved", st.memory.reserved_bytes, "bytes", phase=phase)
+            peaks.append(st.memory.peak_bytes)
+    for phase, tp in result.throughput.items():
+        add("samples_per_s", tp.samples_per_s, "samples/s", phase=phase)
+        add("step_p50_s", tp.step_p50_s, "s", phase=phase)
+        add("step_p90_s", tp.step_p90_s, "s", phase=phase)
+        add("timed_steps", tp.timed_steps, "count", phase=phase)
+        add("warmup_steps", tp.warmup_steps, "count", phase=phase)
+    add("empirical_peak_flops_per_s", emp_peak, "FLOP/s")
+    if sheet_peak:
+        add("datasheet_peak_flops_per_s", sheet_peak, "FLOP/s")
+    add("train_time_s", result.train_seconds, "s")
+    add("batch_size", result.batch_size, "count")
+    if peaks:
+        # the trial: the highest phase peak, and its rise over the memory at the loop's start
+        add(f"peak_{kind}", max(peaks), "bytes")
+        add(f"peak_{kind}_increase", max(peaks) - result.memory_start_bytes, "bytes")

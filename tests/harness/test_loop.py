@@ -107,3 +107,34 @@ def test_cosine_goes_from_one_to_zero():
     assert cosine(0) == 1 and cosine(1) == pytest.approx(0) and cosine(0.5) == pytest.approx(0.5)
 
 
+
+
+def test_step_parts_add_up_to_the_step_and_optimizer_state_is_the_momentum():
+    data = _tiny_problem(n=64)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 2)
+    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    res = train(model, plan, data, data, LoopConfig(epochs=2, batch_size=8))
+    for name, st in res.phases.items():
+        parts = [f + b + o for f, b, o in zip(st.forward_s, st.backward_s, st.optimizer_s, strict=True)]
+        assert all(0 < p <= s * 1.001 for p, s in zip(parts, st.step_seconds, strict=True)), name
+        assert all(d >= 0 for d in st.data_s)
+    head_bytes = sum(p.numel() * 4 for p in model.head.parameters())
+    all_bytes = sum(p.numel() * 4 for p in model.parameters())
+    # SGD with momentum keeps one buffer per trained parameter, for this phase's parameters only
+    assert res.phases["probe"].optimizer_state_bytes == head_bytes
+    assert res.phases["ft"].optimizer_state_bytes == all_bytes
+    assert res.phases["probe"].train_flops_per_sample < res.phases["ft"].train_flops_per_sample
+
+
+def test_each_phase_has_its_own_peak_memory_and_epochs_carry_training_time():
+    data = _tiny_problem(n=64)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 2)
+    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    res = train(model, plan, data, data, LoopConfig(epochs=3, batch_size=8))
+    assert all(st.memory.peak_bytes > 0 for st in res.phases.values())
+    times = [e.train_seconds for e in res.epochs]
+    assert times == sorted(times) and times[0] > 0
+    steps = sum(sum(st.step_seconds) for st in res.phases.values())
+    assert times[-1] == pytest.approx(steps)  # no feature caching here: the steps are the time

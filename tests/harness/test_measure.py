@@ -41,3 +41,39 @@ def test_environment_records_versions_and_commit():
     env = environment("cpu")
     assert env["versions"]["torch"] == torch.__version__.split("+")[0]
     assert env["device"] == "cpu" and env["torch_threads"] >= 1 and env["git_commit"]
+
+
+def test_step_clock_measures_a_known_sleep_on_the_cpu():
+    from harness.measure import StepClock
+
+    marks = StepClock("cpu")
+    a = marks.mark()
+    time.sleep(0.05)
+    assert 0.049 <= marks.elapsed(a, marks.mark()) < 0.2
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device on this machine; the CUDA path runs on a GPU")
+
+
+@needs_cuda
+def test_cuda_peak_memory_sees_a_known_allocation():
+    with PeakMemory("cuda") as mem:
+        x = torch.ones(2**26, device="cuda")  # 256 MiB
+        del x
+    assert mem.kind == "cuda_allocated"
+    assert 2**28 <= mem.increase_bytes < 1.05 * 2**28 and mem.reserved_bytes >= 2**28
+
+
+@needs_cuda
+def test_cuda_step_clock_times_device_work_without_extra_syncs():
+    from harness.measure import StepClock, sync
+
+    marks = StepClock("cuda")
+    a = torch.randn(4096, 4096, device="cuda")
+    m0 = marks.mark()
+    for _ in range(10):
+        a @ a
+    m1 = marks.mark()
+    sync("cuda")
+    assert marks.elapsed(m0, m1) > 0

@@ -76,3 +76,31 @@ def test_a_trial_failing_after_some_epochs_reports_no_accuracy_to_selection():
     assert res.val_accuracy != res.val_accuracy  # NaN, though epochs 0 and 1 had accuracies
     epochs_logged = {r.epoch for r in res.records if r.metric == "accuracy" and r.split == "val"}
     assert epochs_logged >= {0, 1} and all(r.status == "failed" for r in res.records)
+
+
+def test_time_to_target_is_the_training_time_of_the_first_epoch_that_reached_it(tmp_path):
+    spec = _spec(trials=1, seeds=1, epochs=4, target_accuracy=0.5)
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    m = load(run.run_dir).measurements
+    one = m[(m["stage"] == "final")]
+    val = one[(one["metric"] == "accuracy") & (one["split"] == "val") & one["epoch"].notna()]
+    times = one[(one["metric"] == "train_time_s") & one["epoch"].notna()].set_index("epoch")["value"]
+    first = val[val["value"] >= 0.5]["epoch"].min()
+    got = one[one["metric"] == "time_to_target_s"]["value"].iloc[0]
+    assert got == pytest.approx(times[first])
+
+
+def test_measurement_rows_carry_flops_utilisation_and_per_phase_memory(tmp_path):
+    spec = _spec(strategies=("lp_ft",), trials=1, seeds=1, epochs=4)
+    m = load(run_study(spec, out_root=tmp_path, progress=False).run_dir).measurements
+    final = m[m["stage"] == "final"]
+    metrics = set(final["metric"])
+    assert {"train_flops_per_sample", "eval_flops_per_sample", "achieved_flops_per_s",
+            "utilisation_empirical", "empirical_peak_flops_per_s", "forward_p50_s",
+            "backward_p50_s", "optimizer_p50_s", "data_p50_s", "optimizer_state_bytes",
+            "peak_cpu_rss", "peak_cpu_rss_increase"} <= metrics
+    mem = final[final["metric"] == "peak_cpu_rss"].set_index("phase")["value"]
+    assert {"probe", "finetune", "all"} <= set(mem.index)
+    assert mem["all"] == max(mem["probe"], mem["finetune"])
+    util = final[final["metric"] == "utilisation_empirical"]["value"]
+    assert ((util > 0) & (util < 1.5)).all()  # a fraction of the matmul peak, not a made-up number
