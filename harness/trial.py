@@ -194,6 +194,9 @@ def _loop_rows(add, cfg, result):
         for part in ("forward", "backward", "optimizer", "data"):
             add(f"{part}_p50_s", _p50(getattr(st, f"{part}_s"), w), "s", phase=phase)
         add("optimizer_state_bytes", st.optimizer_state_bytes, "bytes", phase=phase)
+        ev = result.eval_throughput[phase]
+        add("samples_per_s", ev.samples_per_s, "samples/s", phase=phase, split="val")
+        add("timed_passes", ev.timed_steps, "count", phase=phase, split="val")
         add("train_flops_per_sample", st.train_flops_per_sample, "FLOP", phase=phase)
         achieved = st.train_flops_per_sample * tp.samples_per_s
         add("achieved_flops_per_s", achieved, "FLOP/s", phase=phase)

@@ -102,5 +102,7 @@ def test_measurement_rows_carry_flops_utilisation_and_per_phase_memory(tmp_path)
     mem = final[final["metric"] == "peak_cpu_rss"].set_index("phase")["value"]
     assert {"probe", "finetune", "all"} <= set(mem.index)
     assert mem["all"] == max(mem["probe"], mem["finetune"])
+    ev = final[(final["metric"] == "samples_per_s") & (final["split"] == "val")].set_index("phase")
+    assert set(ev.index) == {"probe", "finetune"} and (ev["value"] > 0).all()
     util = final[final["metric"] == "utilisation_empirical"]["value"]
     assert ((util > 0) & (util < 1.5)).all()  # a fraction of the matmul peak, not a made-up number
