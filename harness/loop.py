@@ -9,8 +9,9 @@ What it does, precisely (the reference-loop test in ``tests/harness/test_loop.py
   phase's mode, and builds a fresh optimizer over the parameters that train now (its state is
   for those parameters only);
 - optimizer: SGD with Nesterov momentum; one param group per trainable block carrying its
-  ``lr_scale``; every step sets ``lr = cfg.lr * lr_scale * cosine(step / total_steps)`` in one
-  place, so any schedule respects the scales;
+  ``lr_scale``; every step sets ``lr = cfg.lr * lr_scale * cosine(progress)`` in one place, so
+  any schedule respects the scales; ``progress`` is ``step / total_steps`` over the run, or over
+  the phase alone for a phase with ``schedule="phase"``;
 - execution (:class:`~harness.execution.Execution`): training steps run the model or its
   ``torch.compile`` wrapper under autocast; evaluation always runs the eager module (same
   parameters), so mode switches and partial eval batches never recompile the training graph;
@@ -238,16 +239,29 @@ def train(
     result.eval_flops_per_sample = flops_per_sample(model.eval(), x_val[: min(len(x_val), bs)],
                                                     train=False)
     mem: PeakMemory | None = None
+    stats: PhaseStats | None = None
     try:
         for epoch in range(cfg.epochs):
             new_phase = plan.phase_at(epoch)
             if new_phase is not phase:
                 if mem is not None:
                     mem.__exit__(None, None, None)
+                    _leave_phase(stats, opt)
                 phase = new_phase
                 stats = result.phases.setdefault(phase.name, PhaseStats())
-                stats.memory = mem = PeakMemory(device, release=False).__enter__()
                 groups = apply_phase(model, phase)
+                cached = None  # the previous phase's features must not count in this phase's memory
+                # counted before the phase's memory window: the counter copies the model
+                model.train()
+                set_bn_mode(model, phase)
+                stats.train_flops_per_sample = (
+                    0.0 if phase.solver == "lbfgs"
+                    else flops_per_sample(head, torch.empty(bs, head.in_features, device=device))
+                    if phase.cache_features
+                    else flops_per_sample(model, x_train[:bs]))
+                phase_first_step = step
+                phase_steps = steps_per_epoch * (plan.end_epoch(phase, cfg.epochs) - epoch)
+                stats.memory = mem = PeakMemory(device, release=False).__enter__()
                 opt = torch.optim.SGD(
                     groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                     weight_decay=cfg.weight_decay,
@@ -266,19 +280,14 @@ def train(
                     _fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
                     stats.solver_s += time.perf_counter() - t0
                 elapsed += stats.feature_cache_s + stats.solver_s
-                model.train()
-                set_bn_mode(model, phase)
-                stats.train_flops_per_sample = (
-                    0.0 if phase.solver == "lbfgs"
-                    else flops_per_sample(head, cached[0][:bs]) if cached is not None
-                    else flops_per_sample(model, x_train[:bs]))
             model.train()
             set_bn_mode(model, phase)
             perm = torch.randperm(n, generator=g).to(device)
             losses = []
-            epoch_lr = cfg.lr * cosine(step / total_steps)
+            span = (phase_first_step, phase_steps) if phase.schedule == "phase" else (0, total_steps)
+            epoch_lr = cfg.lr * cosine((step - span[0]) / span[1])
             for i in range(steps_per_epoch):
-                lr_now = cfg.lr * cosine(step / total_steps)
+                lr_now = cfg.lr * cosine((step - span[0]) / span[1])
                 if phase.solver == "lbfgs":  # fitted once at the phase start; its epochs take no steps
                     step += 1
                     continue
@@ -307,8 +316,6 @@ def train(
                     scaler.update()
                 m3 = marks.mark()
                 t1 = clock(device)
-                if check_grads:
-                    stats.optimizer_state_bytes = _state_bytes(opt)
                 check_grads = False
                 stats.data_s.append(t0 - t_data)
                 stats.forward_s.append(marks.elapsed(m0, m1))
@@ -336,14 +343,15 @@ def train(
                     train_loss = F.cross_entropy(head(cached[0]), train_split.y).item()
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch}")
-            t0 = clock(device)
-            if cached is not None:
+            if cached is not None:  # the head on stored features: no model evaluation to time
                 with torch.no_grad():
                     val_acc, val_loss = _scores(head(cached[1]).float(), val_split.y)
             else:
-                val_acc, val_loss = evaluate(model, Split(x_val, val_split.y), cfg.eval_batch_size)
-            stats.eval_seconds.append(clock(device) - t0)
-            stats.eval_samples.append(len(val_split))
+                t0 = clock(device)
+                with ex.autocast(device):
+                    val_acc, val_loss = evaluate(model, Split(x_val, val_split.y), cfg.eval_batch_size)
+                stats.eval_seconds.append(clock(device) - t0)
+                stats.eval_samples.append(len(val_split))
             record = EpochRecord(epoch, phase.name, train_loss, val_acc, val_loss, epoch_lr, elapsed)
             result.epochs.append(record)
             if on_epoch is not None:
@@ -351,6 +359,7 @@ def train(
     finally:
         if mem is not None:
             mem.__exit__(None, None, None)
+            _leave_phase(stats, opt)
 
     timed_secs, timed_sizes, warm = [], [], 0
     for name, st in result.phases.items():
@@ -366,6 +375,12 @@ def train(
     whole = steady_state(timed_secs, timed_sizes, 0)
     result.throughput[ALL_PHASES] = replace(whole, warmup_steps=warm)
     return result
+
+
+def _leave_phase(stats: PhaseStats, opt: torch.optim.Optimizer | None) -> None:
+    # at the phase's end, not after its first step: an fp16 GradScaler may skip that step
+    if opt is not None:
+        stats.optimizer_state_bytes = max(stats.optimizer_state_bytes, _state_bytes(opt))
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> int:

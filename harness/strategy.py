@@ -55,6 +55,9 @@ class Phase:
     cache_features: bool = False
     solver: str = "sgd"  # "sgd", or "lbfgs": scikit-learn's logistic regression on cached features
     solver_options: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"C": 0.1} for lbfgs
+    # "run": one cosine over the whole run; "phase": the cosine restarts at this phase and ends
+    # with it (LP-FT's fine-tuning has its own schedule in Kumar et al. 2022)
+    schedule: str = "run"
 
     def scale(self, block: str) -> float:
         return float(self.lr_scale.get(block, 1.0))
@@ -86,6 +89,8 @@ class Plan:
                 )
             if p.bn_mode not in BN_MODES:
                 raise ValueError(f"bn_mode must be one of {BN_MODES}, but got {p.bn_mode!r}.")
+            if p.schedule not in ("run", "phase"):
+                raise ValueError(f"schedule must be 'run' or 'phase', but got {p.schedule!r}.")
             if p.solver not in SOLVERS:
                 raise ValueError(f"solver must be one of {SOLVERS}, but got {p.solver!r}.")
             if (p.cache_features or p.solver == "lbfgs") and tuple(p.trainable) != (blocks[-1],):
@@ -93,6 +98,11 @@ class Plan:
                     f"phase {p.name!r}: cached features and the lbfgs solver need a head-only "
                     f"phase (trainable=({blocks[-1]!r},)), but it trains {p.trainable}."
                 )
+
+    def end_epoch(self, phase: Phase, epochs: int) -> int:
+        """The epoch at which ``phase`` ends (the next phase's start, or ``epochs``)."""
+        later = [p.start_epoch for p in self.phases if p.start_epoch > phase.start_epoch]
+        return min(later, default=epochs)
 
     def phase_at(self, epoch: int) -> Phase:
         current = self.phases[0]

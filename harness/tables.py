@@ -142,7 +142,10 @@ SUMMARY_COLUMNS = (
 
 
 def _phase_weighted(m: pd.DataFrame, metric: str) -> float:
-    """Per-phase values weighted by each phase's timed steps, one number per run; median over runs."""
+    """Per-phase values weighted by each phase's timed steps, one number per run; median over runs.
+
+    Right for per-sample quantities (FLOPs per sample); rates are computed whole-run in trial.py.
+    """
     v = m[m["metric"] == metric].set_index(["seed", "phase"])["value"]
     w = m[(m["metric"] == "timed_steps") & (m["phase"] != "all")].set_index(["seed", "phase"])["value"]
     both = pd.concat([v, w], axis=1, keys=["v", "w"], join="inner").dropna()
@@ -165,7 +168,8 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         mc = m[m["cell"] == cell]
         speed = mc[(mc["metric"] == "samples_per_s") & (mc["phase"] == "all")]["value"]
         peak = mc[mc["metric"].isin(["peak_cpu_rss_increase", "peak_cuda_allocated_increase",
-                                     "peak_cpu_rss_process_lifetime_increase"])]["value"]
+                                     "peak_cpu_rss_process_lifetime_increase"])
+                  & (mc["phase"] == "all")]["value"]
         ok_search = search[search["status"] == "ok"]
 
 
@@ -177,7 +181,8 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "best_val_acc": ok_search["val_accuracy"].max() if len(ok_search) else float("nan"),
             "samples_per_s": speed.median(), "peak_memory_mib": peak.median() / 2**20,
             "train_gflops_per_sample": _phase_weighted(mc, "train_flops_per_sample") / 1e9,
-            "utilisation": _phase_weighted(mc, "utilisation_empirical"),
+            "utilisation": mc[(mc["metric"] == "utilisation_empirical")
+                              & (mc["phase"] == "all")]["value"].median(),
             "time_to_target_s": mc[mc["metric"] == "time_to_target_s"]["value"].median(),
             "bn_mode": (final if len(final) else search)["bn_mode"].iloc[0],
             "best_params": final["params"].iloc[0] if len(final) else "",

@@ -175,7 +175,10 @@ def _loop_rows(add, cfg, result):
     device = torch.device(cfg.device)
     dtype = AMP_DTYPES.get(execution.amp, torch.float32)
     emp_peak = empirical_peak(device, dtype)
-    sheet_peak = datasheet_peak(device_name(device), dtype) if device.type == "cuda" else None
+    # fp32 convolutions run on TF32 tensor cores when cuDNN allows it: compare with that peak
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    sheet_peak = datasheet_peak(device_name(device), dtype, tf32=tf32) if device.type == "cuda" else None
+    flops_done, timed_s = 0.0, 0.0
     peaks, kind = [], "cpu_rss"
     add("eval_flops_per_sample", result.eval_flops_per_sample, "FLOP", split="val")
     for phase, st in result.phases.items():
@@ -199,6 +202,9 @@ def _loop_rows(add, cfg, result):
         add("timed_passes", ev.timed_steps, "count", phase=phase, split="val")
         add("train_flops_per_sample", st.train_flops_per_sample, "FLOP", phase=phase)
         achieved = st.train_flops_per_sample * tp.samples_per_s
+        secs = sum(st.step_seconds[w:])
+        flops_done += st.train_flops_per_sample * sum(st.batch_sizes[w:])
+        timed_s += secs
         add("achieved_flops_per_s", achieved, "FLOP/s", phase=phase)
         add("utilisation_empirical", achieved / emp_peak, "fraction", phase=phase)
         if sheet_peak:
@@ -217,8 +223,15 @@ def _loop_rows(add, cfg, result):
         add("timed_steps", tp.timed_steps, "count", phase=phase)
         add("warmup_steps", tp.warmup_steps, "count", phase=phase)
     add("empirical_peak_flops_per_s", emp_peak, "FLOP/s")
+    if timed_s > 0:
+        # the whole run: FLOPs of all timed steps over their time, so slow steps weigh by time
+        add("achieved_flops_per_s", flops_done / timed_s, "FLOP/s")
+        add("utilisation_empirical", flops_done / timed_s / emp_peak, "fraction")
+        if sheet_peak:
+            add("utilisation_datasheet", flops_done / timed_s / sheet_peak, "fraction")
     if sheet_peak:
         add("datasheet_peak_flops_per_s", sheet_peak, "FLOP/s")
+        add("datasheet_peak_is_tf32", float(tf32), "bool")
     add("train_time_s", result.train_seconds, "s")
     add("batch_size", result.batch_size, "count")
     if peaks:

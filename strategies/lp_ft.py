@@ -3,7 +3,8 @@
 Starting fine-tuning from a good head keeps the early, large gradients of a random head from
 distorting the pretrained features. The probe runs on cached features, with SGD or with
 scikit-learn's L-BFGS logistic regression (``probe_solver``); its learning rate is the
-fine-tuning rate times ``probe_lr_scale``.
+fine-tuning rate times ``probe_lr_scale``. Fine-tuning runs its own cosine schedule from the
+full learning rate, as in the paper, rather than continuing the probe's.
 """
 
 from harness.registry import STRATEGIES
@@ -34,5 +35,6 @@ class LPFT(Strategy):
         probe = Phase("probe", 0, trainable=(head,), bn_mode="eval", cache_features=True,
                       solver=solver, solver_options={"C": hp.get("C", 1.0)},
                       lr_scale={head: float(hp.get("probe_lr_scale", 10.0))})
-        finetune = Phase("finetune", probe_epochs, trainable=tuple(blocks), bn_mode="train")
+        finetune = Phase("finetune", probe_epochs, trainable=tuple(blocks), bn_mode="train",
+                         schedule="phase")
         return Plan((probe, finetune))

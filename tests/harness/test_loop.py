@@ -138,3 +138,21 @@ def test_each_phase_has_its_own_peak_memory_and_epochs_carry_training_time():
     assert times == sorted(times) and times[0] > 0
     steps = sum(sum(st.step_seconds) for st in res.phases.values())
     assert times[-1] == pytest.approx(steps)  # no feature caching here: the steps are the time
+
+
+def test_phase_peaks_are_reset_between_phases():
+    """A 256 MiB allocation during the first phase shows in its peak and not in the next one's."""
+    data = _tiny_problem(n=64)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 2)
+    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+
+    def allocate_in_epoch_0(rec):
+        if rec.epoch == 0:
+            big = torch.ones(2**26)  # 256 MiB, touched, then freed
+            del big
+
+    res = train(model, plan, data, data, LoopConfig(epochs=2, batch_size=8), on_epoch=allocate_in_epoch_0)
+    probe, ft = res.phases["probe"].memory, res.phases["ft"].memory
+    assert probe.increase_bytes >= 0.9 * 2**28
+    assert ft.increase_bytes < 0.5 * 2**28

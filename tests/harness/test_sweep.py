@@ -103,6 +103,12 @@ def test_measurement_rows_carry_flops_utilisation_and_per_phase_memory(tmp_path)
     assert {"probe", "finetune", "all"} <= set(mem.index)
     assert mem["all"] == max(mem["probe"], mem["finetune"])
     ev = final[(final["metric"] == "samples_per_s") & (final["split"] == "val")].set_index("phase")
-    assert set(ev.index) == {"probe", "finetune"} and (ev["value"] > 0).all()
+    assert set(ev.index) == {"probe", "finetune"} and ev.loc["finetune", "value"] > 0
+    assert ev.loc["probe", "value"] != ev.loc["probe", "value"]  # cached: no model evaluation to time
+    run_summary = load(next(iter(tmp_path.glob("t/*")))).summary
+    inc = final[(final["metric"] == "peak_cpu_rss_increase") & (final["phase"] == "all")]["value"]
+    assert run_summary["peak_memory_mib"].iloc[0] == pytest.approx(inc.median() / 2**20)
+    util_all = final[(final["metric"] == "utilisation_empirical") & (final["phase"] == "all")]["value"]
+    assert run_summary["utilisation"].iloc[0] == pytest.approx(util_all.median())
     util = final[final["metric"] == "utilisation_empirical"]["value"]
     assert ((util > 0) & (util < 1.5)).all()  # a fraction of the matmul peak, not a made-up number

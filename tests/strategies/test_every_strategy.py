@@ -29,12 +29,18 @@ def _data(n=36, seed=0):
     return Split(x, (x.mean(dim=(1, 2, 3)) > 0).long())
 
 
-def _hp(name, seed=0):
-    """Hyperparameters drawn from the strategy's own search space, with a learning rate that moves."""
+def _hp(name, seed=0, **fixed):
+    """Hyperparameters drawn from the strategy's own search space, with a learning rate that moves.
+
+    Gradual unfreezing gets one block per epoch, so short runs still go through several phases.
+    """
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     hp = STRATEGIES.get(name)().search_space(study.ask())
     if hp["lr"] > 0:
         hp["lr"] = 0.05
+    if "unfreeze_every" in hp:
+        hp["unfreeze_every"] = 1
+    hp.update(fixed)
     return hp
 
 
@@ -54,12 +60,12 @@ def _expected_trainable(model, phase):
     return out
 
 
-def _run(name, execution, epochs=EPOCHS, seed=0, data=None, on_step=None):
+def _run(name, execution, epochs=EPOCHS, seed=0, data=None, on_step=None, **fixed):
     if parse_execution(execution).compile:
         torch._dynamo.reset()
     torch.manual_seed(seed)
     model = build_model("small_cnn", 1, 2)
-    hp = _hp(name)
+    hp = _hp(name, **fixed)
     plan = STRATEGIES.get(name)().plan(blocks(model), hp, epochs)
     plan.validate(blocks(model), epochs)
     snapshots = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
@@ -118,6 +124,22 @@ def test_each_epoch_trains_exactly_what_its_phase_names(name, execution):
     assert all(st.timed_recompiles == 0 for st in res.phases.values())
 
 
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_lp_ft_fine_tunes_from_either_probe(solver):
+    extra = {"C": 1.0} if solver == "lbfgs" else {"probe_lr_scale": 10.0}
+    model, plan, _, res, snapshots, _ = _run("lp_ft", "eager", probe_solver=solver, **extra)
+    assert [p.name for p in plan.phases] == ["probe", "finetune"]
+    assert plan.phases[0].solver == solver
+    _check_exact_updates(model, plan, res, snapshots)
+
+
+def test_gradual_unfreezing_opens_one_block_per_epoch():
+    model, plan, _, res, snapshots, _ = _run("progressive_unfreezing", "eager", epochs=5)
+    assert [len(p.trainable) for p in plan.phases] == [1, 2, 3, 4, 5]
+    assert [p.start_epoch for p in plan.phases] == [0, 1, 2, 3, 4]
+    _check_exact_updates(model, plan, res, snapshots)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_inductor_trains_what_each_phase_unfroze(name):
@@ -132,15 +154,25 @@ def test_inductor_trains_what_each_phase_unfroze(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_effective_lr_is_base_times_scale_times_schedule_at_every_step(name):
     seen = []
-    _model, plan, hp, _res, _, _cfg = _run(name, "eager", on_step=lambda s, opt: seen.append(
+    model, plan, hp, _res, _, _cfg = _run(name, "eager", on_step=lambda s, opt: seen.append(
         (s, [(g["block"], g["lr"], g["lr_scale"]) for g in opt.param_groups])))
     total = (36 // 8) * EPOCHS
     steps_per_epoch = 36 // 8
+    lbfgs_only = all(p.solver == "lbfgs" for p in plan.phases)
+    assert bool(seen) != lbfgs_only  # every SGD step was observed; an lbfgs probe takes none
     for step, groups in seen:
         phase = plan.phase_at(step // steps_per_epoch)
+        # one group per trainable block that has parameters to train in this phase
+        assert [b for b, _, _ in groups] == [b for b in blocks(model) if b in phase.trainable]
+        if phase.schedule == "phase":
+            first = phase.start_epoch * steps_per_epoch
+            span = (plan.end_epoch(phase, EPOCHS) - phase.start_epoch) * steps_per_epoch
+            progress = (step - first) / span
+        else:
+            progress = step / total
         for block, lr, scale in groups:
             assert scale == phase.scale(block)
-            assert lr == pytest.approx(hp["lr"] * phase.scale(block) * cosine(step / total), rel=1e-12)
+            assert lr == pytest.approx(hp["lr"] * phase.scale(block) * cosine(progress), rel=1e-12)
 
 
 def test_discriminative_scales_decay_from_the_head():
