@@ -75,8 +75,9 @@ class LoopConfig:
     momentum: float = 0.9  # SGD with Nesterov momentum: the optimiser of Kornblith et al. 2019
     seed: int = 0
     warmup_steps: int = 3  # steps per phase left out of the throughput (allocator, caches, compile)
-    # larger eval batches spill the activations out of the CPU caches: 1024 ran ~2x slower per image
-    eval_batch_size: int = 256
+    # larger eval batches ran slower per image on the CPU here: 1024 about 2x, and 256 about 3x
+    # whenever a fresh process (or a trial after malloc_trim) meets it; 128 was steady
+    eval_batch_size: int = 128
     execution: Execution = field(default_factory=Execution)
 
 
@@ -174,7 +175,7 @@ def _logits_in_batches(fn: Callable, x: torch.Tensor, batch_size: int) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: Split, batch_size: int = 128) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``split``."""
     was_training = model.training
     model.eval()
