@@ -137,6 +137,17 @@ class Strategy:
         return f"{type(self).__name__}()"
 
 
+def sgd_space(trial: optuna.Trial, lr: tuple[float, float] = (1e-4, 0.3)) -> dict[str, Any]:
+    """The optimiser's hyperparameters every SGD-trained strategy searches: lr and weight decay.
+
+    ``lr`` is the log-uniform range; a lone head tolerates larger steps than a whole network.
+    """
+    return {
+        "lr": trial.suggest_float("lr", *lr, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+    }
+
+
 def top_blocks(blocks: Sequence[str], k: int) -> tuple[str, ...]:
     """The top ``k`` blocks (the head is the top one)."""
     if not 1 <= k <= len(blocks):

@@ -5,7 +5,7 @@ thing that moves.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy
+from harness.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("bias_only")
@@ -13,10 +13,7 @@ class BiasOnly(Strategy):
     description = "BitFit: train the backbone's bias terms and the head; BatchNorm statistics fixed"
 
     def search_space(self, trial):
-        return {
-            "lr": trial.suggest_float("lr", 1e-3, 1.0, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-        }
+        return sgd_space(trial, lr=(1e-3, 1.0))
 
     def plan(self, blocks, hp, epochs):
         biases = {b: ("bias",) for b in blocks[:-1]}

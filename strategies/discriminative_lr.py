@@ -5,7 +5,7 @@ param group, so the loop's schedule multiplies it at every step.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, layerwise_scales
+from harness.strategy import Phase, Plan, Strategy, layerwise_scales, sgd_space
 
 
 @STRATEGIES.register("discriminative_lr")
@@ -14,8 +14,7 @@ class DiscriminativeLR(Strategy):
 
     def search_space(self, trial):
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 0.3, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+            **sgd_space(trial),
             "lr_decay": trial.suggest_float("lr_decay", 1 / 2.6, 0.9),  # ULMFiT .. near-uniform
         }
 

@@ -5,7 +5,7 @@ example never change: they are computed once, and the head trains on them with S
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy
+from harness.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("linear_probe")
@@ -13,11 +13,8 @@ class LinearProbe(Strategy):
     description = "train only a new head (SGD) on the frozen backbone's features, computed once"
 
     def search_space(self, trial):
-        return {
-            # a lone linear layer on fixed features tolerates larger steps than the whole network
-            "lr": trial.suggest_float("lr", 1e-3, 1.0, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-        }
+        # a lone linear layer on fixed features tolerates larger steps than the whole network
+        return sgd_space(trial, lr=(1e-3, 1.0))
 
     def plan(self, blocks, hp, epochs):
         cache = bool(hp.get("cache_features", True))  # False: a full forward pass every step

@@ -8,7 +8,7 @@ full learning rate, as in the paper, rather than continuing the probe's.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy
+from harness.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("lp_ft")
@@ -17,8 +17,7 @@ class LPFT(Strategy):
 
     def search_space(self, trial):
         hp = {
-            "lr": trial.suggest_float("lr", 1e-4, 0.1, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+            **sgd_space(trial, lr=(1e-4, 0.1)),
             "probe_fraction": trial.suggest_float("probe_fraction", 0.2, 0.5),
             "probe_solver": trial.suggest_categorical("probe_solver", ["sgd", "lbfgs"]),
         }

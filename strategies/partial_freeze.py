@@ -1,7 +1,7 @@
 """Partial freezing: only the top k blocks train (the freeze-depth axis of Yosinski et al. 2014)."""
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, top_blocks
+from harness.strategy import Phase, Plan, Strategy, sgd_space, top_blocks
 
 MAX_K = 4  # searched k in 1..MAX_K; capped by the model's depth
 
@@ -12,8 +12,7 @@ class PartialFreeze(Strategy):
 
     def search_space(self, trial):
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 0.3, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+            **sgd_space(trial),
             "train_top_k": trial.suggest_int("train_top_k", 1, MAX_K),
         }
 

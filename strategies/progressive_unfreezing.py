@@ -8,7 +8,15 @@ discriminative too (ULMFiT's full recipe: see the ``ulmfit`` strategy).
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, layerwise_scales, top_blocks, unfreeze_starts
+from harness.strategy import (
+    Phase,
+    Plan,
+    Strategy,
+    layerwise_scales,
+    sgd_space,
+    top_blocks,
+    unfreeze_starts,
+)
 
 
 def unfreezing_plan(blocks, hp, epochs):
@@ -28,8 +36,7 @@ class ProgressiveUnfreezing(Strategy):
 
     def search_space(self, trial):
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 0.3, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+            **sgd_space(trial),
             "unfreeze_every": trial.suggest_int("unfreeze_every", 1, 2),
         }
 

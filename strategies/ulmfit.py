@@ -1,7 +1,7 @@
 """ULMFiT's recipe (Howard & Ruder 2018): gradual unfreezing combined with discriminative learning rates."""
 
 from harness.registry import STRATEGIES
-from harness.strategy import Strategy
+from harness.strategy import Strategy, sgd_space
 from strategies.progressive_unfreezing import unfreezing_plan
 
 
@@ -11,8 +11,7 @@ class ULMFiT(Strategy):
 
     def search_space(self, trial):
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 0.3, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+            **sgd_space(trial),
             "unfreeze_every": trial.suggest_int("unfreeze_every", 1, 2),
             "lr_decay": trial.suggest_float("lr_decay", 1 / 2.6, 0.9),
         }
