@@ -35,9 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import Split
+from harness.evaluation import evaluate, fit_lbfgs, logits_in_batches, scores
 from harness.execution import CompileCounter, Execution
 from harness.flops import flops_per_sample
 from harness.measure import PeakMemory, StepClock, Throughput, clock, steady_state
+from harness.phases import apply_phase, set_bn_mode
 from harness.strategy import Phase, Plan
 
 __all__ = [
@@ -134,76 +136,6 @@ def cosine(progress: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm)
-
-
-def apply_phase(model: nn.Sequential, phase: Phase) -> list[dict]:
-    """Set ``requires_grad`` for ``phase`` and return its optimizer param groups (with ``lr_scale``)."""
-    groups = []
-    for name, block in model.named_children():
-        in_phase = name in phase.trainable
-        suffixes = tuple(phase.param_suffixes.get(name, ()))
-        params = []
-        for mod in block.modules():
-            for pname, p in mod.named_parameters(recurse=False):
-                train = (
-                    in_phase
-                    and not (phase.bn_mode == "frozen" and _is_bn(mod))
-                    and (not suffixes or pname.endswith(suffixes))
-                )
-                p.requires_grad_(train)
-                if train:
-                    params.append(p)
-        if params:
-            groups.append({"params": params, "lr_scale": phase.scale(name), "block": name})
-    return groups
-
-
-def set_bn_mode(model: nn.Sequential, phase: Phase) -> None:
-    """Put BatchNorm in eval mode wherever the phase says it must not update its statistics."""
-    for name, block in model.named_children():
-        if phase.bn_mode != "train" or name not in phase.trainable:
-            for m in block.modules():
-                if _is_bn(m):
-                    m.eval()
-
-
-@torch.no_grad()
-def _logits_in_batches(fn: Callable, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 128) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``split``."""
-    was_training = model.training
-    model.eval()
-    logits = _logits_in_batches(model, split.x, batch_size).float()
-    model.train(was_training)
-    return _scores(logits, split.y)
-
-
-def _scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    acc = (logits.argmax(1) == y).float().mean().item()
-    return acc, F.cross_entropy(logits, y).item()
-
-
-def _fit_lbfgs(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, options: dict) -> None:
-    """Fit ``head`` as scikit-learn's L2-regularised multinomial logistic regression (L-BFGS)."""
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(C=float(options.get("C", 1.0)), max_iter=int(options.get("max_iter", 1000)))
-    clf.fit(feats.double().cpu().numpy(), y.cpu().numpy())
-    w = torch.as_tensor(clf.coef_, dtype=head.weight.dtype, device=head.weight.device)
-    b = torch.as_tensor(clf.intercept_, dtype=head.bias.dtype, device=head.bias.device)
-    if w.shape[0] == 1:  # scikit-learn's binary case: one row for the positive class
-        w, b = torch.cat([-w / 2, w / 2]), torch.cat([-b / 2, b / 2])
-    with torch.no_grad():
-        head.weight.copy_(w)
-        head.bias.copy_(b)
-
-
 def train(
     model: nn.Sequential,
     plan: Plan,
@@ -273,12 +205,12 @@ def train(
                     t0 = clock(device)
                     backbone = model[:-1].eval()
                     with ex.autocast(device):
-                        cached = (_logits_in_batches(backbone, x_train, cfg.eval_batch_size).float(),
-                                  _logits_in_batches(backbone, x_val, cfg.eval_batch_size).float())
+                        cached = (logits_in_batches(backbone, x_train, cfg.eval_batch_size).float(),
+                                  logits_in_batches(backbone, x_val, cfg.eval_batch_size).float())
                     stats.feature_cache_s += clock(device) - t0
                 if phase.solver == "lbfgs":
                     t0 = time.perf_counter()
-                    _fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
+                    fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
                     stats.solver_s += time.perf_counter() - t0
                 elapsed += stats.feature_cache_s + stats.solver_s
             model.train()
@@ -346,7 +278,7 @@ def train(
                 raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch}")
             if cached is not None:  # the head on stored features: no model evaluation to time
                 with torch.no_grad():
-                    val_acc, val_loss = _scores(head(cached[1]).float(), val_split.y)
+                    val_acc, val_loss = scores(head(cached[1]).float(), val_split.y)
             else:
                 t0 = clock(device)
                 with ex.autocast(device):

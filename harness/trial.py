@@ -22,9 +22,10 @@ import torch
 import torch._dynamo
 
 from harness.data import Task
+from harness.evaluation import evaluate
 from harness.execution import AMP_DTYPES, parse_execution
 from harness.flops import datasheet_peak, empirical_peak
-from harness.loop import EpochRecord, LoopConfig, LoopResult, evaluate, train
+from harness.loop import EpochRecord, LoopConfig, LoopResult, train
 from harness.measure import device_name, release_free_memory
 from harness.models import blocks, build_model, count_parameters, replace_head
 from harness.registry import STRATEGIES

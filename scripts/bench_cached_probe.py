@@ -16,7 +16,8 @@ import time
 import torch
 
 from harness.data import load_task
-from harness.loop import LoopConfig, evaluate, train
+from harness.evaluation import evaluate
+from harness.loop import LoopConfig, train
 from harness.models import blocks
 from harness.pretrain import pretrained_backbone
 from harness.registry import STRATEGIES, STUDIES

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import Split
-from harness.loop import LoopConfig, NonFiniteLossError, apply_phase, cosine, train
+from harness.loop import LoopConfig, NonFiniteLossError, cosine, train
 from harness.models import blocks, build_model
+from harness.phases import apply_phase
 from harness.strategy import Phase, Plan
 
 
