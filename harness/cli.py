@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the study's, eager)")
     st.add_argument("--strategies", metavar="LIST", type=_labels,
                     help="comma-separated strategies to compare (default: the study's)")
+    st.add_argument("--sampler", choices=["tpe", "random", "grid"],
+                    help="Optuna sampler (default: the study's, tpe); grid needs the study's grid")
+    st.add_argument("--pruner", choices=["median", "hyperband", "none"],
+                    help="stop weak trials early on val accuracy per epoch (default: the study's, median)")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list registered strategies, datasets, models or studies",
@@ -115,7 +119,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     spec = load_study(args.name)
     overrides = {k: getattr(args, k)
-                 for k in ("trials", "seeds", "epochs", "device", "executions", "strategies")}
+                 for k in ("trials", "seeds", "epochs", "device", "executions", "strategies",
+                           "sampler", "pruner")}
     spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
     run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
     print()

@@ -74,7 +74,8 @@ def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
             raise UserError(f"{where} field {name!r} must be {want}, but got {value!r}.")
 
 
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random", "grid")
 
 
 def budget_label(shots: int | None) -> str:
@@ -104,7 +105,11 @@ class StudySpec:
     # "median": stop a trial whose val accuracy is below the median of earlier trials at the same
     # epoch, judged only from the second half of training on (phased strategies start slowly);
     # "none": every trial runs to the end
-    pruner: str = "median"
+    pruner: str = "median"  # or "hyperband" (budgets in epochs) or "none"
+    # "tpe" (default), "random", or "grid" (exact reproduction: every combination of ``grid``)
+    sampler: str = "tpe"
+    # strategy -> {parameter: [values]}: the grid of the "grid" sampler, one per strategy
+    grid: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sampler_seed: int = 0
     # validation accuracy whose first crossing is timed (time_to_target_s); None: not measured
     target_accuracy: float | None = None
@@ -153,6 +158,18 @@ class StudySpec:
                             f"{self.target_accuracy!r}.")
         if self.pruner not in PRUNERS:
             raise UserError(f"pruner must be one of {PRUNERS}, but got {self.pruner!r}.")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"sampler must be one of {SAMPLERS}, but got {self.sampler!r}.")
+        if self.sampler == "grid":
+            missing = [s for s in self.strategies if s not in self.grid]
+            if missing:
+                raise UserError(f"the grid sampler needs a grid for every strategy, but {missing} "
+                                "have none; add [grid.<strategy>] tables of parameter value lists.")
+            for strategy, params in self.grid.items():
+                bad = {k: v for k, v in params.items() if not isinstance(v, (list, tuple)) or not v}
+                if bad:
+                    raise UserError(f"grid of {strategy!r} must map each parameter to a non-empty "
+                                    f"list of values, but got {bad}.")
         unknown = sorted(set(self.enqueue) - set(self.strategies))
         if unknown:
             raise UserError(f"enqueue names strategies {unknown} that the study does not compare "
@@ -196,7 +213,7 @@ _SPEC_TYPES = {
     "name": str, "description": str, "dataset": str, "model": str, "device": str,
     "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
-    "sampler_seed": int, "enqueue": Mapping, "pruner": str,
+    "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,

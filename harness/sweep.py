@@ -59,10 +59,26 @@ def startup_trials(trials: int) -> int:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The study's pruner; both judge validation accuracy reported after each epoch."""
     if spec.pruner == "none":
         return optuna.pruners.NopPruner()
+    if spec.pruner == "hyperband":
+        # epochs are the resource; no trial is stopped before a second of its epochs
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.epochs // 4),
+                                              max_resource=spec.epochs, reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(spec.trials),
                                        n_warmup_steps=spec.epochs // 2)
+
+
+def make_sampler(spec: StudySpec, strategy: str) -> optuna.samplers.BaseSampler:
+    """The cell's sampler, seeded so that a study repeats its search."""
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    if spec.sampler == "grid":
+        grid = {k: list(v) for k, v in spec.grid[strategy].items()}
+        return optuna.samplers.GridSampler(grid, seed=spec.sampler_seed)
+    return optuna.samplers.TPESampler(seed=spec.sampler_seed,
+                                      n_startup_trials=startup_trials(spec.trials))
 
 
 def _check_storage(url: str) -> None:
@@ -242,8 +258,7 @@ def run_study(
             cell_run = _Cell(template, ctx, strategy, collect)
             study = optuna.create_study(
                 storage=storage_url, study_name=f"{spec.name}/{run_id}/{cell}", direction="maximize",
-                sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed,
-                                                   n_startup_trials=startup_trials(spec.trials)),
+                sampler=make_sampler(spec, strategy_name),
                 pruner=make_pruner(spec),
             )
             if strategy_name in spec.enqueue:

@@ -42,6 +42,9 @@ def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
     ("executions = [\"eager+fp16\"]", "fp16 autocast needs a CUDA device"),
     ("executions = [\"compile:fast\"]", "unknown compile mode 'fast'"),
     ("[pretrain]\nepochs = \"x\"", "pretrain field 'epochs' must be a positive integer, but got 'x'."),
+    ("sampler = \"grid\"", "the grid sampler needs a grid for every strategy, but ['linear_probe'] have none"),
+    ("sampler = \"cmaes\"", "sampler must be one of ('tpe', 'random', 'grid'), but got 'cmaes'."),
+    ("pruner = \"sha\"", "pruner must be one of ('median', 'hyperband', 'none'), but got 'sha'."),
 ])
 def test_bad_values_in_a_study_file_exit_2_before_anything_is_written(run_cli, tmp_path, line, needle):
     f = tmp_path / "s.toml"

@@ -112,3 +112,29 @@ def test_measurement_rows_carry_flops_utilisation_and_per_phase_memory(tmp_path)
     assert run_summary["utilisation"].iloc[0] == pytest.approx(util_all.median())
     util = final[final["metric"] == "utilisation_empirical"]["value"]
     assert ((util > 0) & (util < 1.5)).all()  # a fraction of the matmul peak, not a made-up number
+
+
+def test_grid_sampler_tries_exactly_the_grid(tmp_path):
+    grid = {"full_finetune": {"lr": [0.01, 0.05], "weight_decay": [1e-5, 1e-4]}}
+    spec = _spec(sampler="grid", grid=grid, trials=6, seeds=1, epochs=2, pruner="none")
+    trials = load(run_study(spec, out_root=tmp_path, progress=False).run_dir).trials
+    search = trials[trials["stage"] == "search"]
+    # the grid has 4 points: Optuna stops there, whatever the trial budget
+    assert sorted(zip(search["param_lr"], search["param_weight_decay"], strict=True)) == [
+        (0.01, 1e-5), (0.01, 1e-4), (0.05, 1e-5), (0.05, 1e-4)]
+
+
+@pytest.mark.parametrize("sampler, pruner", [("random", "hyperband"), ("tpe", "none")])
+def test_other_samplers_and_pruners_run_the_same_budget(tmp_path, sampler, pruner):
+    spec = _spec(sampler=sampler, pruner=pruner, trials=3, seeds=1, epochs=4)
+    s = run_study(spec, out_root=tmp_path, progress=False).summary
+    assert (s["trials_ok"] + s["trials_pruned"] == 3).all()
+    if pruner == "none":
+        assert (s["trials_pruned"] == 0).all()
+
+
+def test_random_sampler_repeats_its_search_with_the_same_seed(tmp_path):
+    spec = _spec(sampler="random", trials=2, seeds=1, epochs=1, pruner="none")
+    a = load(run_study(spec, out_root=tmp_path / "a", progress=False).run_dir).trials
+    b = load(run_study(spec, out_root=tmp_path / "b", progress=False).run_dir).trials
+    assert a["params"].tolist() == b["params"].tolist()
