@@ -91,17 +91,10 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _vm_hwm_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in bytes; None off Linux."""
     try:
-        m = re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text())
-    except OSError:
-        return None
-    return int(m.group(1)) * 1024 if m else None
-
-
-def _vm_rss_bytes() -> int | None:
-    try:
-        m = re.search(r"VmRSS:\s+(\d+) kB", _STATUS.read_text())
+        m = re.search(rf"{field}:\s+(\d+) kB", _STATUS.read_text())
     except OSError:
         return None
     return int(m.group(1)) * 1024 if m else None
@@ -155,7 +148,7 @@ class PeakMemory:
         """Resident bytes of the process (CPU) or allocated bytes (CUDA) now."""
         if self.device.type == "cuda":
             return float(torch.cuda.memory_allocated(self.device))
-        rss = _vm_rss_bytes()
+        rss = _status_bytes("VmRSS")
         return float("nan") if rss is None else float(rss)
 
     def __enter__(self) -> Self:
@@ -167,7 +160,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = float(torch.cuda.memory_allocated(self.device))
         else:
-            self.start_bytes = float(_vm_rss_bytes() or float("nan"))
+            self.start_bytes = float(_status_bytes("VmRSS") or float("nan"))
             self._resettable = _reset_vm_hwm()
             if not self._resettable:
                 # without a reset the peak may predate this block: say so in the kind
@@ -180,7 +173,7 @@ class PeakMemory:
             self.peak_bytes = float(torch.cuda.max_memory_allocated(self.device))
             self.reserved_bytes = float(torch.cuda.max_memory_reserved(self.device))
         else:
-            hwm = _vm_hwm_bytes()
+            hwm = _status_bytes("VmHWM")
             if hwm is None:
                 import resource
 

@@ -59,9 +59,6 @@ def replace_head(model: nn.Sequential, num_classes: int) -> nn.Sequential:
     setattr(model, HEAD, new.to(device=p.device, dtype=p.dtype))
     return model
 
-def feature_dim(model: nn.Sequential) -> int:
-    return getattr(model, HEAD).in_features
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

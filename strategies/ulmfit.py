@@ -1,8 +1,8 @@
 """ULMFiT's recipe (Howard & Ruder 2018): gradual unfreezing combined with discriminative learning rates."""
 
 from harness.registry import STRATEGIES
-from harness.strategy import Strategy, sgd_space
-from strategies.progressive_unfreezing import unfreezing_plan
+from harness.strategy import Strategy
+from strategies.progressive_unfreezing import ProgressiveUnfreezing, unfreezing_plan
 
 
 @STRATEGIES.register("ulmfit")
@@ -11,9 +11,8 @@ class ULMFiT(Strategy):
 
     def search_space(self, trial):
         return {
-            **sgd_space(trial),
-            "unfreeze_every": trial.suggest_int("unfreeze_every", 1, 2),
-            "lr_decay": trial.suggest_float("lr_decay", 1 / 2.6, 0.9),
+            **ProgressiveUnfreezing().search_space(trial),
+            "lr_decay": trial.suggest_float("lr_decay", 1 / 2.6, 0.9),  # ULMFiT .. near-uniform
         }
 
     def plan(self, blocks, hp, epochs):

@@ -10,7 +10,8 @@ regime, and the question here is what this device gives.
 """
 
 from harness.registry import STUDIES
-from harness.spec import PretrainRecipe, StudySpec
+from harness.spec import StudySpec
+from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 FIXED = {"lr": 0.02, "weight_decay": 1e-4}
 
@@ -20,13 +21,10 @@ def eager_vs_compiled() -> StudySpec:
     return StudySpec(
         name="eager_vs_compiled",
         description=__doc__.strip().splitlines()[0],
-        dataset="mnist5k",
-        classes=(5, 6, 7, 8, 9),
+        **MNIST_0_4_TO_5_9,
         strategies=("full_finetune", "progressive_unfreezing", "lp_ft"),
         executions=("eager", "compile"),
         budgets=(None,),
-        model="small_cnn",
-        pretrain=PretrainRecipe(dataset="mnist5k", classes=(0, 1, 2, 3, 4)),
         epochs=4,
         batch_size=64,
         trials=1,  # no search: the enqueued config below is the one measured

@@ -7,7 +7,8 @@ gap is expected to shrink, or turn, when labels are scarce.
 """
 
 from harness.registry import STUDIES
-from harness.spec import PretrainRecipe, StudySpec
+from harness.spec import StudySpec
+from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 
 @STUDIES.register("finetune_vs_probe")
@@ -15,12 +16,9 @@ def finetune_vs_probe() -> StudySpec:
     return StudySpec(
         name="finetune_vs_probe",
         description=__doc__.strip().splitlines()[0],
-        dataset="mnist5k",
-        classes=(5, 6, 7, 8, 9),
+        **MNIST_0_4_TO_5_9,
         strategies=("linear_probe", "full_finetune"),
         budgets=(10, 100, None),
-        model="small_cnn",
-        pretrain=PretrainRecipe(dataset="mnist5k", classes=(0, 1, 2, 3, 4)),
         epochs=10,
         batch_size=64,
         trials=10,  # per cell, every strategy alike; the default run ends in ~2.5 min on 2 CPU cores

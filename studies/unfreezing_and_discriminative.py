@@ -8,7 +8,8 @@ per class. Every strategy gets the same Optuna trial budget.
 """
 
 from harness.registry import STUDIES
-from harness.spec import PretrainRecipe, StudySpec
+from harness.spec import StudySpec
+from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 
 @STUDIES.register("unfreezing_and_discriminative")
@@ -16,13 +17,10 @@ def unfreezing_and_discriminative() -> StudySpec:
     return StudySpec(
         name="unfreezing_and_discriminative",
         description=__doc__.strip().splitlines()[0],
-        dataset="mnist5k",
-        classes=(5, 6, 7, 8, 9),
+        **MNIST_0_4_TO_5_9,
         strategies=("full_finetune", "progressive_unfreezing", "discriminative_lr", "ulmfit",
                     "lp_ft", "partial_freeze", "bias_only", "linear_probe", "linear_probe_lbfgs"),
         budgets=(100,),
-        model="small_cnn",
-        pretrain=PretrainRecipe(dataset="mnist5k", classes=(0, 1, 2, 3, 4)),
         epochs=10,
         batch_size=64,
         trials=10,  # per strategy, the same for all

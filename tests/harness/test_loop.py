@@ -41,6 +41,14 @@ def _reference_losses(model, data, cfg):
     return losses
 
 
+def _probe_then_finetune():
+    """64 tiny examples, a fresh seeded model, and a plan: head only in epoch 0, everything after."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 2)
+    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    return _tiny_problem(n=64), model, plan
+
+
 def test_loop_reproduces_a_hand_written_reference_loop():
     data = _tiny_problem()
     cfg = LoopConfig(epochs=4, batch_size=16, lr=0.05, weight_decay=1e-4, seed=3)
@@ -93,10 +101,7 @@ def test_non_finite_loss_stops_the_run_with_a_clear_error():
 
 
 def test_throughput_excludes_warmup_steps_per_phase():
-    data = _tiny_problem(n=64)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 1, 2)
-    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    data, model, plan = _probe_then_finetune()
     res = train(model, plan, data, data, LoopConfig(epochs=3, batch_size=8, warmup_steps=2))
     assert res.throughput["probe"].timed_steps == 8 - 2
     assert res.throughput["ft"].timed_steps == 16 - 2
@@ -111,10 +116,7 @@ def test_cosine_goes_from_one_to_zero():
 
 
 def test_step_parts_add_up_to_the_step_and_optimizer_state_is_the_momentum():
-    data = _tiny_problem(n=64)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 1, 2)
-    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    data, model, plan = _probe_then_finetune()
     res = train(model, plan, data, data, LoopConfig(epochs=2, batch_size=8))
     for name, st in res.phases.items():
         parts = [f + b + o for f, b, o in zip(st.forward_s, st.backward_s, st.optimizer_s, strict=True)]
@@ -129,10 +131,7 @@ def test_step_parts_add_up_to_the_step_and_optimizer_state_is_the_momentum():
 
 
 def test_each_phase_has_its_own_peak_memory_and_epochs_carry_training_time():
-    data = _tiny_problem(n=64)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 1, 2)
-    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    data, model, plan = _probe_then_finetune()
     res = train(model, plan, data, data, LoopConfig(epochs=3, batch_size=8))
     assert all(st.memory.peak_bytes > 0 for st in res.phases.values())
     times = [e.train_seconds for e in res.epochs]
@@ -143,10 +142,7 @@ def test_each_phase_has_its_own_peak_memory_and_epochs_carry_training_time():
 
 def test_phase_peaks_are_reset_between_phases():
     """A 256 MiB allocation during the first phase shows in its peak and not in the next one's."""
-    data = _tiny_problem(n=64)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 1, 2)
-    plan = Plan((Phase("probe", 0, ("head",), "eval"), Phase("ft", 1, tuple(blocks(model)), "train")))
+    data, model, plan = _probe_then_finetune()
 
     def allocate_in_epoch_0(rec):
         if rec.epoch == 0:
