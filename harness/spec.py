@@ -113,6 +113,19 @@ class StudySpec:
     sampler_seed: int = 0
     # validation accuracy whose first crossing is timed (time_to_target_s); None: not measured
     target_accuracy: float | None = None
+    # default root folder of on-disk datasets (torchvision formats); a dataset written as
+    # "name:PATH" brings its own; None: $HARNESS_DATA_ROOT, else ~/.cache/harness/data
+    data_root: str | None = None
+    # out-of-distribution sets evaluated beside the test split in the final runs, e.g.
+    # "digits" (another dataset, same classes) or a transform shift "rotate:30", "noise:0.5"
+    ood: tuple[str, ...] = ()
+    # "resident": every split lives on the device; "dataloader": CPU tensors fed by a
+    # DataLoader with ``loader_workers`` workers and pinned memory on CUDA
+    loader: str = "resident"
+    loader_workers: int = 2
+    # backbone weights when not pretrained by the harness: "imagenet" (torchvision's weights
+    # from the local torch hub cache) or a path to a state-dict file; None: pretrain or scratch
+    weights: str | None = None
 
     def cells(self) -> list[tuple[int | None, str, str]]:
         return [(b, s, e) for b in self.budgets for s in self.strategies for e in self.executions]
@@ -207,6 +220,11 @@ class TrialConfig:
     epochs: int = 10
     batch_size: int = 64
     target_accuracy: float | None = None
+    data_root: str | None = None
+    ood: tuple[str, ...] = ()
+    loader: str = "resident"
+    loader_workers: int = 2
+    weights: str | None = None
 
 
 _SPEC_TYPES = {
@@ -214,6 +232,7 @@ _SPEC_TYPES = {
     "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
     "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
+    "ood": "strs", "loader": str, "loader_workers": int,
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
@@ -265,7 +284,7 @@ def _from_toml(path: Path) -> StudySpec:
         raw["pretrain"] = PretrainRecipe(**p)
     raw.setdefault("name", path.stem)
     raw.setdefault("description", f"study from {path}")
-    for key in ("strategies", "classes", "executions"):
+    for key in ("strategies", "classes", "executions", "ood"):
         if isinstance(raw.get(key), list):
             raw[key] = tuple(raw[key])
     if isinstance(raw.get("budgets"), list):
