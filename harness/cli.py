@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {study,list,env} ...``; see ``python -m harness --help``."""
+"""Command line: ``python -m harness {study,worker,list,env} ...``; see ``python -m harness --help``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ EXAMPLES = """examples:
   python -m harness study finetune_vs_probe                  the default comparison (~5 min on 2 cores)
   python -m harness study finetune_vs_probe --trials 2 --seeds 3 --out /tmp/runs
   python -m harness study my_study.toml --device cuda:0       a study from a TOML file
+  python -m harness study finetune_vs_probe --devices cpu,cuda:0 --objectives accuracy,throughput
+  python -m harness study finetune_vs_probe --resume results/finetune_vs_probe/<run_id>
+  python -m harness study S --storage journal:/tmp/s.log & python -m harness worker S --storage journal:/tmp/s.log
   python -m harness list strategies
 """
 
@@ -65,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Optuna storage URL (default: sqlite:///<run folder>/optuna.db)")
     st.add_argument("--out", metavar="DIR", default="results",
                     help="root folder of run outputs; the run goes to DIR/<study>/<run_id> (default: results)")
-    st.add_argument("--device", metavar="D", help="cpu, cuda, cuda:N or mps (default: the study's, cpu)")
+    st.add_argument("--device", "--devices", dest="devices", metavar="LIST", type=_labels,
+                    help="comma-separated devices, a grid axis: cpu, cuda, cuda:N, mps; one this "
+                         "machine lacks gives skipped cells with the reason (default: the study's, cpu)")
     st.add_argument("--executions", metavar="LIST", type=_labels,
                     help="comma-separated executions, a grid axis: eager, compile, compile:MODE, "
                          "each with optional +bf16, +fp16 (CUDA), +channels_last "
@@ -76,7 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Optuna sampler (default: the study's, tpe); grid needs the study's grid")
     st.add_argument("--pruner", choices=["median", "hyperband", "none"],
                     help="stop weak trials early on val accuracy per epoch (default: the study's, median)")
+    st.add_argument("--objectives", metavar="LIST", type=_labels,
+                    help="what Optuna maximises: accuracy (default), or accuracy,throughput for a "
+                         "Pareto front marked in the tables (no pruning then)")
+    st.add_argument("--resume", metavar="RUN_DIR",
+                    help="finish the run in RUN_DIR whose process was killed: completed trials are "
+                         "kept, interrupted ones re-run; pass --storage too if the run used one")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    wk = sub.add_parser(
+        "worker", help="join a study's run in a shared storage and run its trials",
+        description="Join the newest run of STUDY in the storage (started by `study ... --storage "
+                    "URL`) and run its queued trials until none is left; start one per GPU or "
+                    "machine. The storage hands each trial to exactly one worker.",
+    )
+    wk.add_argument("study", help="the study's name")
+    wk.add_argument("--storage", metavar="URL", required=True,
+                    help="the run's storage: journal:PATH (one machine) or postgresql://... (many)")
+    wk.add_argument("--device", metavar="D",
+                    help="run on D and take only the cells of its kind (default: each cell's device)")
+    wk.add_argument("--run", metavar="RUN_ID", help="the run to join (default: the newest)")
+    wk.add_argument("--wait", metavar="SECONDS", type=float, default=0.0,
+                    help="wait this long for the run to appear in the storage (default: 0)")
+    wk.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list registered strategies, datasets, models or studies",
                         description="List a registry's entries with a one-line description each.")
@@ -112,20 +139,36 @@ def cmd_list(kind: str) -> int:
     return 0
 
 
+_OVERRIDES = ("trials", "seeds", "epochs", "devices", "executions", "strategies", "sampler", "pruner",
+              "objectives")
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from harness.report import markdown_table, summary_view
     from harness.spec import load_study
-    from harness.sweep import run_study
+    from harness.sweep import resume_study, run_study
 
-    spec = load_study(args.name)
-    overrides = {k: getattr(args, k)
-                 for k in ("trials", "seeds", "epochs", "device", "executions", "strategies",
-                           "sampler", "pruner")}
-    spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-    run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
+    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
+    if args.resume:
+        if overrides:
+            raise UserError(f"--resume finishes a run as it was planned; drop "
+                            f"{', '.join('--' + k for k in overrides)}.")
+        run = resume_study(args.resume, storage=args.storage, progress=not args.quiet)
+    else:
+        spec = dataclasses.replace(load_study(args.name), **overrides)
+        run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
     print()
     print(markdown_table(summary_view(run.summary)))
-    print(f"\n{spec.name}: finished in {run.seconds:.0f} s; tables, plots and report.md in {run.run_dir}")
+    print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots and report.md in {run.run_dir}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from harness.sweep import run_worker
+
+    n = run_worker(args.study, args.storage, device=args.device, run_id=args.run,
+                   wait_s=args.wait, progress=not args.quiet)
+    print(f"worker: ran {n} trial(s) of {args.study}")
     return 0
 
 
@@ -140,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps(environment(resolve_device(args.device)), indent=2, default=str))
             return 0
+        if args.command == "worker":
+            return cmd_worker(args)
         return cmd_study(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

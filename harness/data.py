@@ -1,9 +1,11 @@
-"""Datasets, deterministic splits, class subsets and few-shot subsets; tensors live on the device.
+"""Datasets, deterministic splits, class subsets and few-shot subsets.
 
 Every dataset is a registered function returning ``(x, y)`` as CPU tensors: images ``N x C x H x W``
 (float32, standardised) and integer labels. :func:`load_task` turns one into a :class:`Task`:
-train / val / test splits on the device for a subset of classes, optionally k labelled examples
-per class.
+train / val / test splits for a subset of classes, optionally k labelled examples per class, and
+out-of-distribution sets (:mod:`harness.ood`). With ``loader="resident"`` the splits live on the
+device; with ``loader="dataloader"`` they stay CPU tensors (pinned on CUDA) and the loop feeds
+batches through a DataLoader (:mod:`harness.feed`).
 
 Splits are stratified and depend only on ``(split_seed, class)``: the test images of digit 7 are
 the same whether the task is 5-9 or 0-9, and the 10-shot training set is contained in the
@@ -13,8 +15,8 @@ the same whether the task is 5-9 or 0-9, and the 10-shot training set is contain
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ __all__ = ["SPLIT_FRACTIONS", "Split", "Task", "load_dataset", "load_task", "spl
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test, per class
 SPLITS = ("train", "val", "test")
+LOADERS = ("resident", "dataloader")
 
 
 def _standardise(x: np.ndarray) -> torch.Tensor:
@@ -100,7 +103,7 @@ def split_indices(
 
 @dataclass(frozen=True)
 class Split:
-    """Images and labels of one split, resident on the device."""
+    """Images and labels of one split: on the device, or CPU tensors for the dataloader path."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -119,6 +122,8 @@ class Task:
     train: Split
     val: Split
     test: Split
+    ood: Mapping[str, Split] = field(default_factory=dict, hash=False)  # name -> OOD set
+    device: str = "cpu"  # where the model runs; the splits too unless they stay on the CPU
 
     @property
     def n_classes(self) -> int:
@@ -135,14 +140,27 @@ def load_task(
     shots: int | None = None,
     device: str | torch.device = "cpu",
     split_seed: int = 0,
+    *,
+    root: str | None = None,
+    ood: Sequence[str] = (),
+    loader: str = "resident",
 ) -> Task:
     """Load ``dataset`` restricted to ``classes`` with ``shots`` training examples per class.
 
-    >>> task = load_task("digits", classes=[5, 6, 7, 8, 9], shots=10)
-    >>> len(task.train), task.n_classes
-    (50, 5)
+    ``root`` is the folder of on-disk datasets; ``ood`` names OOD sets (see :mod:`harness.ood`)
+    built from the test split or another dataset; ``loader="dataloader"`` keeps every split on
+    the CPU (pinned when ``device`` is CUDA) for the DataLoader path.
+
+    >>> task = load_task("digits", classes=[5, 6, 7, 8, 9], shots=10, ood=["rotate:30"])
+    >>> len(task.train), task.n_classes, len(task.ood["rotate:30"]) == len(task.test)
+    (50, 5, True)
     """
-    x, y = load_dataset(dataset)
+    from harness.ood import check_ood, ood_split
+
+    if loader not in LOADERS:
+        raise UserError(f"loader must be one of {LOADERS}, but got {loader!r}.")
+    check_ood(ood)
+    x, y = load_dataset(dataset, root)
     all_classes = sorted(int(c) for c in torch.unique(y))
     classes = tuple(all_classes if classes is None else (int(c) for c in classes))
     missing = [c for c in classes if c not in all_classes]
@@ -165,6 +183,22 @@ def load_task(
 
     def make(indices: list[np.ndarray]) -> Split:
         idx = torch.from_numpy(np.sort(np.concatenate(indices)))
-        return Split(x[idx].to(device), relabel[y[idx]].to(device))
+        return Split(x[idx], relabel[y[idx]])
 
-    return Task(dataset, classes, shots, *(make(parts[s]) for s in SPLITS))
+    splits = {s: make(parts[s]) for s in SPLITS}
+    shifted = {name: ood_split(name, splits["test"], classes, split_seed, root) for name in ood}
+    device = torch.device(device)
+    place = functools.partial(_place, device=device, resident=loader == "resident")
+    return Task(dataset, classes, shots, *(place(splits[s]) for s in SPLITS),
+                ood={k: place(v) for k, v in shifted.items()}, device=str(device))
+
+
+def _place(split: Split, device: torch.device, resident: bool) -> Split:
+    if resident:
+        return Split(split.x.to(device), split.y.to(device))
+    if device.type == "cuda":  # page-locked, so copies to the GPU can overlap compute
+        return Split(split.x.pin_memory(), split.y.pin_memory())
+    return split
+
+
+from harness import vision_data as _vision_data  # noqa: F401 - registers the on-disk and synthetic datasets

@@ -1,4 +1,8 @@
-"""Evaluation of a model or a head, and the L-BFGS fit of a linear head on fixed features."""
+"""Evaluation of a model or a head, and the L-BFGS fit of a linear head on fixed features.
+
+Splits may live on the CPU (the dataloader path): batches then go to the model's device one at
+a time, so only the logits are ever whole on the device.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +18,26 @@ __all__ = ["evaluate", "fit_lbfgs", "logits_in_batches", "scores"]
 
 
 @torch.no_grad()
-def logits_in_batches(fn: Callable, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def logits_in_batches(fn: Callable, x: torch.Tensor, batch_size: int,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """``fn`` over ``x`` in batches, each moved to ``device`` first (None: left where it is)."""
+    return torch.cat([fn(x[i : i + batch_size].to(device, non_blocking=True))
+                      for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 128) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``split``."""
+    """Accuracy and mean cross-entropy of ``model`` on ``split`` (on the model's device or the CPU)."""
     was_training = model.training
     model.eval()
-    logits = logits_in_batches(model, split.x, batch_size).float()
+    device = next(model.parameters()).device
+    logits = logits_in_batches(model, split.x, batch_size, device).float()
     model.train(was_training)
     return scores(logits, split.y)
 
 
 def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    y = y.to(logits.device)
     acc = (logits.argmax(1) == y).float().mean().item()
     return acc, F.cross_entropy(logits, y).item()
 

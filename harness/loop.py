@@ -5,6 +5,7 @@ What it does, precisely (the reference-loop test in ``tests/harness/test_loop.py
 - batches: each epoch draws ``torch.randperm(n, generator=g)`` from a CPU generator seeded with
   ``cfg.seed`` and takes consecutive slices of ``min(batch_size, n)``, dropping a last partial
   batch, so every timed step has the same shape (and a compiled model never recompiles for it);
+  ``cfg.loader="dataloader"`` draws the same slices through a DataLoader (:mod:`harness.feed`);
 - at a phase's first epoch, it sets ``requires_grad`` from the phase, puts BatchNorm in the
   phase's mode, and builds a fresh optimizer over the parameters that train now (its state is
   for those parameters only);
@@ -37,6 +38,7 @@ from torch import nn
 from harness.data import Split
 from harness.evaluation import evaluate, fit_lbfgs, logits_in_batches, scores
 from harness.execution import CompileCounter, Execution
+from harness.feed import TrainFeed
 from harness.flops import flops_per_sample
 from harness.measure import PeakMemory, StepClock, Throughput, clock, steady_state
 from harness.phases import apply_phase, set_bn_mode
@@ -81,6 +83,8 @@ class LoopConfig:
     # whenever a fresh process (or a trial after malloc_trim) meets it; 128 was steady
     eval_batch_size: int = 128
     execution: Execution = field(default_factory=Execution)
+    loader: str = "resident"  # or "dataloader": the same batches from CPU tensors (harness.feed)
+    loader_workers: int = 2  # DataLoader workers; 0 loads in the main process
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def train(
     on_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> LoopResult:
     """Train ``model`` in place following ``plan``; see the module docstring for the exact recipe."""
-    device = train_split.x.device
+    device = next(model.parameters()).device  # the splits may stay on the CPU (dataloader path)
     ex = cfg.execution
     ex.check_device(device)
     n = len(train_split)
@@ -163,14 +167,14 @@ def train(
     graphs = CompileCounter()
     head = model[-1]
     x_train, x_val = ex.inputs(train_split.x), ex.inputs(val_split.x)
+    feed = TrainFeed(x_train, train_split.y, bs, steps_per_epoch, device, cfg.loader,
+                     cfg.loader_workers)
     cached: tuple[torch.Tensor, torch.Tensor] | None = None  # train and val features of the phase
     check_grads = False
-
     marks = StepClock(device)
     elapsed = 0.0  # cumulative training time, for time to accuracy
     result.memory_start_bytes = PeakMemory(device).current_bytes()
-    result.eval_flops_per_sample = flops_per_sample(model.eval(), x_val[: min(len(x_val), bs)],
-                                                    train=False)
+    result.eval_flops_per_sample = flops_per_sample(model.eval(), x_val[:bs], train=False)
     mem: PeakMemory | None = None
     stats: PhaseStats | None = None
     try:
@@ -195,39 +199,34 @@ def train(
                 phase_first_step = step
                 phase_steps = steps_per_epoch * (plan.end_epoch(phase, cfg.epochs) - epoch)
                 stats.memory = mem = PeakMemory(device, release=False).__enter__()
-                opt = torch.optim.SGD(
-                    groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                    weight_decay=cfg.weight_decay,
-                )
+                opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                                      weight_decay=cfg.weight_decay)
                 check_grads = True
-                cached = None
                 if phase.cache_features or phase.solver == "lbfgs":
                     t0 = clock(device)
                     backbone = model[:-1].eval()
                     with ex.autocast(device):
-                        cached = (logits_in_batches(backbone, x_train, cfg.eval_batch_size).float(),
-                                  logits_in_batches(backbone, x_val, cfg.eval_batch_size).float())
+                        cached = tuple(logits_in_batches(backbone, x, cfg.eval_batch_size,
+                                                         device).float() for x in (x_train, x_val))
                     stats.feature_cache_s += clock(device) - t0
                 if phase.solver == "lbfgs":
                     t0 = time.perf_counter()
-                    fit_lbfgs(head, cached[0], train_split.y, dict(phase.solver_options))
+                    fit_lbfgs(head, cached[0], feed.y, dict(phase.solver_options))
                     stats.solver_s += time.perf_counter() - t0
                 elapsed += stats.feature_cache_s + stats.solver_s
             model.train()
             set_bn_mode(model, phase)
-            perm = torch.randperm(n, generator=g).to(device)
+            batches = feed.epoch(torch.randperm(n, generator=g), cached[0] if cached else None)
             losses = []
             span = (phase_first_step, phase_steps) if phase.schedule == "phase" else (0, total_steps)
             epoch_lr = cfg.lr * cosine((step - span[0]) / span[1])
-            for i in range(steps_per_epoch):
+            for _ in range(steps_per_epoch):
                 lr_now = cfg.lr * cosine((step - span[0]) / span[1])
                 if phase.solver == "lbfgs":  # fitted once at the phase start; its epochs take no steps
                     step += 1
                     continue
                 t_data = time.perf_counter()
-                idx = perm[i * bs : (i + 1) * bs]
-                xb = cached[0][idx] if cached is not None else x_train[idx]
-                yb = train_split.y[idx]
+                xb, yb = next(batches)  # with a DataLoader, the wait for it
                 fn = head if cached is not None else step_fn
                 for group in opt.param_groups:
                     group["lr"] = lr_now * group["lr_scale"]
@@ -273,7 +272,7 @@ def train(
                 train_loss = float(epoch_losses.mean())
             else:  # an lbfgs epoch: the loss of the fitted head on the training features
                 with torch.no_grad():
-                    train_loss = F.cross_entropy(head(cached[0]), train_split.y).item()
+                    train_loss = F.cross_entropy(head(cached[0]), feed.y).item()
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch}")
             if cached is not None:  # the head on stored features: no model evaluation to time
@@ -290,6 +289,7 @@ def train(
             if on_epoch is not None:
                 on_epoch(record)
     finally:
+        feed.close()
         if mem is not None:
             mem.__exit__(None, None, None)
             _leave_phase(stats, opt)

@@ -8,9 +8,11 @@ order: that list is what strategies see. Every registered factory takes ``in_cha
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from harness.registry import MODELS
 
@@ -40,9 +42,48 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> n
         )
     )
 
-def build_model(name: str, in_channels: int, num_classes: int) -> nn.Sequential:
-    """Build the registered backbone ``name``; its blocks are listed by :func:`blocks`."""
-    model = MODELS.get(name)(in_channels=in_channels, num_classes=num_classes)
+@MODELS.register("resnet_small")
+def resnet_small(in_channels: int = 3, num_classes: int = 10, depth: int = 8,
+                 widths: tuple[int, int, int] = (16, 32, 64)) -> nn.Sequential:
+    """CIFAR ResNet-8 (He et al. 2016, sec. 4.2): stem, layer1-3, pool, head; 78k parameters.
+
+    ``depth = 6n + 2``: 8 trains quickly on two CPU cores at 28-32 px; 20 and 56 are the paper's.
+    """
+    if (depth - 2) % 6 or depth < 8:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), but got {depth=}.")
+    n, c = (depth - 2) // 6, widths[0]
+    layers = OrderedDict()
+    for i, width in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        # a 1x1 projection where the shape changes (the paper's option B)
+        down = None if stride == 1 and c == width else nn.Sequential(
+            nn.Conv2d(c, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+        layers[f"layer{i + 1}"] = nn.Sequential(
+            BasicBlock(c, width, stride, down), *[BasicBlock(width, width) for _ in range(n - 1)])
+        c = width
+    model = nn.Sequential(OrderedDict(
+        stem=_conv_bn_relu(in_channels, widths[0], 1),
+        **layers,
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        head=nn.Linear(c, num_classes),
+    ))
+    for m in model.modules():  # torchvision's ResNet initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+def build_model(name: str, in_channels: int, num_classes: int,
+                image_size: int | None = None) -> nn.Sequential:
+    """Build the registered backbone ``name``; its blocks are listed by :func:`blocks`.
+
+    ``image_size`` reaches only factories that declare it (ViT's position embedding needs it;
+    convolutional backbones pool adaptively and take any size).
+    """
+    factory = MODELS.get(name)
+    kwargs = {"in_channels": in_channels, "num_classes": num_classes}
+    if image_size is not None and "image_size" in inspect.signature(factory).parameters:
+        kwargs["image_size"] = image_size
+    model = factory(**kwargs)
     if not isinstance(model, nn.Sequential) or list(model._modules)[-1] != HEAD:
         raise TypeError(f"model {name!r} must be an nn.Sequential whose last child is {HEAD!r}.")
     return model
@@ -62,3 +103,6 @@ def replace_head(model: nn.Sequential, num_classes: int) -> nn.Sequential:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
+
+# the torchvision backbones (harness/backbones.py) register themselves on import
+from harness import backbones as _backbones  # noqa: F401

@@ -16,12 +16,15 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as people read it: accuracy as mean ± CI in percent, speed, memory."""
 
     def acc(row) -> str:
+        if isinstance(row.get("skipped"), str) and row["skipped"]:
+            return f"skipped: {row['skipped']}"
         if pd.isna(row["test_acc_mean"]):
             return "failed"
         ci = "" if pd.isna(row["test_acc_ci95"]) else f" ± {100 * row['test_acc_ci95']:.1f}"
         return f"{100 * row['test_acc_mean']:.1f}{ci}"
 
-    return pd.DataFrame({
+    view = pd.DataFrame({
+        "device": summary["device"],
         "budget": summary["budget"],
         "strategy": summary["strategy"],
         "execution": summary["execution"],
@@ -36,7 +39,12 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
         "BN": summary["bn_mode"],
         "trials ok/pruned/failed": summary.apply(
             lambda r: f"{r['trials_ok']}/{r['trials_pruned']}/{r['trials_failed']}", axis=1),
+        # non-dominated on (test accuracy, samples/s) among the cells of its device and budget
+        "Pareto": summary["pareto"].map({True: "yes", False: ""}),
     })
+    if view["device"].nunique() == 1:
+        view = view.drop(columns="device")
+    return view
 
 
 def markdown_table(df: pd.DataFrame) -> str:

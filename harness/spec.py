@@ -24,8 +24,10 @@ __all__ = [
     "StudySpec",
     "TrialConfig",
     "budget_label",
+    "device_problem",
     "load_study",
     "resolve_device",
+    "spec_from_dict",
 ]
 
 
@@ -75,6 +77,7 @@ def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
 
 
 PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("accuracy", "throughput")
 SAMPLERS = ("tpe", "random", "grid")
 
 
@@ -84,7 +87,8 @@ def budget_label(shots: int | None) -> str:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A grid of cells (label budget x strategy), each searched by Optuna with the same trial budget."""
+    """A grid of cells (device x label budget x strategy x execution), each searched by Optuna
+    with the same trial budget."""
 
     name: str
     description: str
@@ -98,7 +102,8 @@ class StudySpec:
     batch_size: int = 64
     trials: int = 8  # Optuna trials per cell, the same for every strategy
     seeds: int = 3  # re-runs of each cell's best config, for the test-accuracy CI
-    device: str = "cpu"
+    # a grid axis; a device this machine lacks makes skipped cells with the reason
+    devices: tuple[str, ...] = ("cpu",)
     executions: tuple[str, ...] = ("eager",)  # labels parsed by harness.execution.parse_execution
     # strategy -> hyperparameters Optuna tries first (study.enqueue_trial), e.g. a paper's recipe
     enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -111,6 +116,9 @@ class StudySpec:
     # strategy -> {parameter: [values]}: the grid of the "grid" sampler, one per strategy
     grid: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sampler_seed: int = 0
+    # what Optuna maximises: validation accuracy, or ("accuracy", "throughput") for a Pareto
+    # front of accuracy against training samples/s (multi-objective studies are not pruned)
+    objectives: tuple[str, ...] = ("accuracy",)
     # validation accuracy whose first crossing is timed (time_to_target_s); None: not measured
     target_accuracy: float | None = None
     # default root folder of on-disk datasets (torchvision formats); a dataset written as
@@ -127,12 +135,36 @@ class StudySpec:
     # from the local torch hub cache) or a path to a state-dict file; None: pretrain or scratch
     weights: str | None = None
 
-    def cells(self) -> list[tuple[int | None, str, str]]:
-        return [(b, s, e) for b in self.budgets for s in self.strategies for e in self.executions]
+    def cells(self) -> list[tuple[str, int | None, str, str]]:
+        """Every (device, budget, strategy, execution), in the order they run."""
+        return [(d, b, s, e) for d in self.devices for b in self.budgets
+                for s in self.strategies for e in self.executions]
 
     @staticmethod
-    def cell_id(budget: int | None, strategy: str, execution: str) -> str:
-        return f"shots={budget_label(budget)}/{strategy}/{execution}"
+    def cell_id(device: str, budget: int | None, strategy: str, execution: str) -> str:
+        return f"{device}/shots={budget_label(budget)}/{strategy}/{execution}"
+
+    @property
+    def pruning(self) -> str:
+        """The pruner in effect: Optuna cannot prune multi-objective trials."""
+        return "none" if len(self.objectives) > 1 else self.pruner
+
+    def skipped_cells(self) -> dict[tuple[str, str], str]:
+        """(device, execution) pairs that cannot run here, each with the reason."""
+        from harness.execution import parse_execution
+
+        out = {}
+        for device in self.devices:
+            problem = device_problem(device)
+            for label in self.executions:
+                if problem is None:
+                    try:
+                        parse_execution(label).check_device(torch.device(device))
+                    except UserError as e:
+                        out[device, label] = str(e)
+                else:
+                    out[device, label] = problem
+        return out
 
     def validate(self, check_data: bool = False) -> StudySpec:
         """Raise :class:`UserError` for the first thing that cannot run; return self.
@@ -158,11 +190,18 @@ class StudySpec:
                                 f"'all', but got {b!r}.")
         from harness.execution import parse_execution
 
-        device = resolve_device(self.device)
-        if not self.executions or not self.strategies or not self.budgets:
-            raise UserError("strategies, budgets and executions must each name at least one.")
+        if not self.executions or not self.strategies or not self.budgets or not self.devices:
+            raise UserError("strategies, budgets, executions and devices must each name at least one.")
         for label in self.executions:
-            parse_execution(label).check_device(device)
+            parse_execution(label)
+        skipped = self.skipped_cells()
+        if len(skipped) == len(self.devices) * len(self.executions):
+            raise UserError(next(iter(skipped.values())))  # nothing could run: say why
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives or len(set(self.objectives)) != len(self.objectives) \
+                or self.objectives[0] != "accuracy":
+            raise UserError(f"objectives must be ('accuracy',) or ('accuracy', 'throughput'), "
+                            f"but got {list(self.objectives)}.")
         if self.target_accuracy is not None and (
                 isinstance(self.target_accuracy, bool)
                 or not isinstance(self.target_accuracy, (int, float))
@@ -187,13 +226,23 @@ class StudySpec:
         if unknown:
             raise UserError(f"enqueue names strategies {unknown} that the study does not compare "
                             f"({list(self.strategies)}).")
+        from harness.data import LOADERS
+        from harness.ood import check_ood
+
+        check_ood(self.ood)
+        if self.loader not in LOADERS or self.loader_workers < 0:
+            raise UserError(f"loader must be one of {LOADERS} with loader_workers >= 0, but got "
+                            f"{self.loader!r} with {self.loader_workers}.")
+        if self.weights is not None and self.pretrain is not None:
+            raise UserError("a study takes its backbone from pretrain or from weights, not both; "
+                            "drop one of them.")
         if check_data:
             from harness.data import load_task
 
             for b in self.budgets:
-                load_task(self.dataset, self.classes, b)
+                load_task(self.dataset, self.classes, b, root=self.data_root, ood=self.ood)
             if self.pretrain is not None:
-                load_task(self.pretrain.dataset, self.pretrain.classes)
+                load_task(self.pretrain.dataset, self.pretrain.classes, root=self.data_root)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,11 +277,11 @@ class TrialConfig:
 
 
 _SPEC_TYPES = {
-    "name": str, "description": str, "dataset": str, "model": str, "device": str,
+    "name": str, "description": str, "dataset": str, "model": str, "devices": "strs",
     "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
     "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
-    "ood": "strs", "loader": str, "loader_workers": int,
+    "ood": "strs", "loader": str, "loader_workers": int, "objectives": "strs",
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
@@ -240,24 +289,36 @@ _RECIPE_TYPES = {
 }
 
 
-def resolve_device(device: str) -> torch.device:
-    """The torch device for ``device``, or a :class:`UserError` saying why it cannot be used."""
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine, or None when it can.
+
+    A name that is no device at all (a typo) raises :class:`UserError`: that is not a machine's
+    limit but a mistake.
+    """
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError):
         raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps.")
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} is not available: this machine has no CUDA GPU "
-                            "(torch.cuda.is_available() is False); use --device cpu.")
+            return (f"device {device!r} is not available: this machine has no CUDA GPU "
+                    "(torch.cuda.is_available() is False); use --device cpu.")
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise UserError(f"device {device!r} does not exist: this machine has "
-                            f"{torch.cuda.device_count()} CUDA device(s).")
+            return (f"device {device!r} does not exist: this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s).")
     elif d.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {device!r} is not available on this machine; use --device cpu.")
-    elif d.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps.")
-    return d
+        return f"device {device!r} is not available on this machine; use --device cpu."
+    return None
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for ``device``, or a :class:`UserError` saying why it cannot be used."""
+    problem = device_problem(device)
+    if problem:
+        raise UserError(problem)
+    return torch.device(device)
 
 
 def _from_toml(path: Path) -> StudySpec:
@@ -265,33 +326,45 @@ def _from_toml(path: Path) -> StudySpec:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"cannot read study file {str(path)!r}: {e}") from None
+    raw.setdefault("name", path.stem)
+    raw.setdefault("description", f"study from {path}")
+    return spec_from_dict(raw, repr(str(path)))
+
+
+def spec_from_dict(raw: Mapping[str, Any], where: str = "the study") -> StudySpec:
+    """The :class:`StudySpec` of a TOML table or of ``StudySpec.to_dict()`` read back from JSON.
+
+    ``device = "cuda"`` is accepted for ``devices = ["cuda"]``.
+    """
+    raw = dict(raw)
+    if "device" in raw and "devices" not in raw:
+        raw["devices"] = [raw.pop("device")]
+    path = where  # for the messages
     known = {f.name for f in dataclasses.fields(StudySpec)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise UserError(f"unknown key(s) {unknown} in {str(path)!r}; allowed: {sorted(known)}.")
-    if "pretrain" in raw:
+        raise UserError(f"unknown key(s) {unknown} in {path}; allowed: {sorted(known)}.")
+    if raw.get("pretrain") is not None:
         if not isinstance(raw["pretrain"], dict):
-            raise UserError(f"pretrain in {str(path)!r} must be a [pretrain] table, but got "
+            raise UserError(f"pretrain in {path} must be a [pretrain] table, but got "
                             f"{raw['pretrain']!r}.")
         pknown = {f.name for f in dataclasses.fields(PretrainRecipe)}
         bad = sorted(set(raw["pretrain"]) - pknown)
         if bad:
-            raise UserError(f"unknown key(s) {bad} in [pretrain] of {str(path)!r}; "
+            raise UserError(f"unknown key(s) {bad} in [pretrain] of {path}; "
                             f"allowed: {sorted(pknown)}.")
         p = dict(raw["pretrain"])
         if isinstance(p.get("classes"), list):
             p["classes"] = tuple(p["classes"])
         raw["pretrain"] = PretrainRecipe(**p)
-    raw.setdefault("name", path.stem)
-    raw.setdefault("description", f"study from {path}")
-    for key in ("strategies", "classes", "executions", "ood"):
+    for key in ("strategies", "classes", "executions", "ood", "devices", "objectives"):
         if isinstance(raw.get(key), list):
             raw[key] = tuple(raw[key])
     if isinstance(raw.get("budgets"), list):
         raw["budgets"] = tuple(None if b == "all" else b for b in raw["budgets"])
     missing = [k for k in ("dataset", "strategies") if k not in raw]
     if missing:
-        raise UserError(f"study file {str(path)!r} lacks required key(s) {missing}.")
+        raise UserError(f"study file {path} lacks required key(s) {missing}.")
     raw.setdefault("classes", None)
     return StudySpec(**raw)
 

@@ -5,8 +5,10 @@ cell uses the same seed, so strategies differ only in what they do. Selection us
 **validation** accuracy; the best config of each cell is then re-run with ``spec.seeds`` fresh
 seeds, and only those runs measure the **test** split.
 
-Storage: SQLite in the run folder by default; any Optuna storage URL otherwise. Each cell's
-Optuna study is named ``<study>/<run_id>/<cell>``, so several runs can share one database.
+The run's plan, queue and records live in its Optuna storage (:mod:`harness.runs`): SQLite in
+the run folder by default, a journal file or PostgreSQL for workers. :func:`run_study` plans the
+run, works on it beside any :func:`run_worker` processes, and writes the tables from the
+storage; :func:`resume_study` finishes a run whose process was killed.
 """
 
 from __future__ import annotations
@@ -14,32 +16,51 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 import optuna
 import pandas as pd
+import torch
+from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness._io import atomic_write_text
+from harness.backbones import load_backbone_weights
 from harness.data import load_task
 from harness.errors import UserError
 from harness.execution import parse_execution
 from harness.measure import environment
+from harness.models import build_model
 from harness.pretrain import Pretrained, pretrained_backbone, recipe_key
 from harness.registry import STRATEGIES
-from harness.spec import StudySpec, TrialConfig, budget_label, resolve_device
-from harness.strategy import Strategy
+from harness.runs import (
+    RECORDS,
+    ROW,
+    Cell,
+    RunPlan,
+    best_config,
+    collect,
+    find_run,
+    open_storage,
+    plan_run,
+    redact_url,
+    requeue_interrupted,
+    run_trials,
+    worker_id,
+)
+from harness.spec import StudySpec, TrialConfig, budget_label, device_problem, resolve_device
 from harness.tables import Measurement, measurements_frame, summarize, write_csv
 from harness.trial import TrialContext, TrialResult, failed_trial, run_trial
 
-__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "StudyRun", "redact_url", "run_study"]
+__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "StudyRun", "redact_url", "resume_study", "run_study",
+           "run_worker"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tables and the progress bar say it all
 
 SEARCH_SEED = 0  # every search trial of every cell: configs differ, initialisation and order do not
 FINAL_SEEDS = 1000  # re-runs use FINAL_SEEDS + i, never the search seed
@@ -60,14 +81,25 @@ def startup_trials(trials: int) -> int:
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The study's pruner; both judge validation accuracy reported after each epoch."""
-    if spec.pruner == "none":
+    if spec.pruning == "none":
         return optuna.pruners.NopPruner()
-    if spec.pruner == "hyperband":
+    if spec.pruning == "hyperband":
         # epochs are the resource; no trial is stopped before a second of its epochs
         return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.epochs // 4),
                                               max_resource=spec.epochs, reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(spec.trials),
                                        n_warmup_steps=spec.epochs // 2)
+
+
+class _PlannedGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for a run whose plan already holds one trial per grid point.
+
+    Optuna's own stops ``Study.optimize`` once the grid is visited; a planned run never calls
+    ``optimize`` (its queue ends by itself), so there is nothing to stop.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_sampler(spec: StudySpec, strategy: str) -> optuna.samplers.BaseSampler:
@@ -76,18 +108,9 @@ def make_sampler(spec: StudySpec, strategy: str) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
     if spec.sampler == "grid":
         grid = {k: list(v) for k, v in spec.grid[strategy].items()}
-        return optuna.samplers.GridSampler(grid, seed=spec.sampler_seed)
+        return _PlannedGridSampler(grid, seed=spec.sampler_seed)
     return optuna.samplers.TPESampler(seed=spec.sampler_seed,
                                       n_startup_trials=startup_trials(spec.trials))
-
-
-def _check_storage(url: str) -> None:
-    try:
-        optuna.storages.get_storage(url)
-    except Exception as e:  # noqa: BLE001 - any driver or URL error is the user's to fix
-        raise UserError(f"cannot open Optuna storage {redact_url(url)!r}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}; pass a URL such as "
-                        "sqlite:///path/to.db or postgresql://user:pass@host/db.") from None
 
 
 def _make_run_dir(out_root: str | Path, study: str, run_id: str) -> Path:
@@ -130,16 +153,11 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs, tables and reports."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained) -> list[Measurement]:
+def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained, device: str) -> list[Measurement]:
     r = pre.recipe
     base = Measurement(
         run_id=run_id, study=spec.name, cell="pretrain", stage="pretrain", trial=0, phase="pretrain",
-        strategy="pretrain", dataset=r.dataset, model=r.model, budget="all", device=spec.device,
+        strategy="pretrain", dataset=r.dataset, model=r.model, budget="all", device=device,
         execution="eager", seed=r.seed, split="source_val", metric="accuracy",
         value=pre.source_val_accuracy, unit="fraction", epoch=None, status="ok",
     )
@@ -147,39 +165,111 @@ def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained) -> list[Measur
             replace(base, split="train", metric="loaded_from_cache", value=float(pre.cached), unit="bool")]
 
 
-@dataclass(frozen=True)
-class _Cell:
-    """One cell's Optuna objective: every trial, failed ones included, goes to ``collect``."""
+class _Worker:
+    """One process's side of a run: its tasks and backbone weights, built once per device."""
 
-    template: TrialConfig
-    ctx: TrialContext
-    strategy: Strategy
-    collect: Callable[[TrialResult], None]
+    def __init__(self, plan: RunPlan, device: str | None = None, progress: bool = False) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.device = device  # None: each cell on its own device
+        self._tasks: dict = {}
+        self._pre = None
+        self.bar = tqdm(total=sum(0 if c.skipped else self.spec.trials + self.spec.seeds
+                                  for c in plan.cells),
+                        desc=self.spec.name, unit="trial", disable=not progress)
 
-    def objective(self, trial: optuna.Trial) -> float:
-        try:
-            hp = self.strategy.search_space(trial)
-        except Exception as e:  # noqa: BLE001 - e.g. an enqueued value outside a log-scale range
-            res = failed_trial(replace(self.template, trial=trial.number, hp=dict(trial.params)),
-                               self.ctx, f"{type(e).__name__} in search_space: {e}")
-            self.collect(res)
+    def study(self, storage, cell: Cell, stage: str) -> optuna.Study:
+        if stage == "final":
+            return optuna.load_study(study_name=self.plan.final_name(cell), storage=storage)
+        return optuna.load_study(study_name=self.plan.search_name(cell), storage=storage,
+                                 sampler=make_sampler(self.spec, cell.strategy),
+                                 pruner=make_pruner(self.spec))
+
+    def _context(self, device: str, budget: int | None) -> TrialContext:
+        spec = self.spec
+        if (device, budget) not in self._tasks:
+            self._tasks[device, budget] = load_task(spec.dataset, spec.classes, budget, device,
+                                                    root=spec.data_root, ood=spec.ood,
+                                                    loader=spec.loader)
+        task = self._tasks[device, budget]
+        if self._pre is None:
+            if spec.pretrain is not None:
+                self._pre = pretrained_backbone(spec.pretrain, device).state_dict
+            elif spec.weights is not None:
+                self._pre = backbone_weights(spec, task.input_shape)
+        return TrialContext(self.plan.run_id, task, self._pre)
+
+    def template(self, cell: Cell) -> TrialConfig:
+        spec = self.spec
+        return TrialConfig(
+            study=spec.name, cell=cell.id, stage="search", trial=0, seed=SEARCH_SEED,
+            strategy=cell.strategy, hp={}, dataset=spec.dataset, classes=spec.classes,
+            shots=cell.budget, model=spec.model, device=self.device or cell.device,
+            execution=cell.execution, epochs=spec.epochs, batch_size=spec.batch_size,
+            target_accuracy=spec.target_accuracy, data_root=spec.data_root, ood=spec.ood,
+            loader=spec.loader, loader_workers=spec.loader_workers, weights=spec.weights,
+        )
+
+    def __call__(self, storage, cell: Cell, trial: optuna.Trial, stage: str):
+        template = self.template(cell)
+        ctx = self._context(template.device, cell.budget)
+        if stage == "search":
+            res = _search_trial(replace(template, trial=trial.number), ctx, trial,
+                                prune=len(self.spec.objectives) == 1)
+        else:
+            cfg = replace(template, stage="final", trial=trial.number,
+                          seed=FINAL_SEEDS + trial.user_attrs["final_index"])
+            hp = best_config(storage, self.plan, cell)
+            res = (run_trial(replace(cfg, hp=hp), ctx) if hp is not None else
+                   failed_trial(cfg, ctx, "no search trial of the cell completed"))
+        trial.set_user_attr(RECORDS, [list(astuple(r)) for r in res.records])
+        trial.set_user_attr(ROW, _trial_row(res) | {"worker": worker_id()})
+        if res.error:
             trial.set_user_attr("error", res.error)
-            return float("nan")
-        trial.set_user_attr("hp", hp)
+        self.bar.set_postfix_str(f"{cell.id} {res.status} val={res.val_accuracy:.3f}")
+        self.bar.update()
+        state = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(res.status, TrialState.FAIL)
+        if state != TrialState.COMPLETE:
+            return state, None
+        if stage == "final":
+            return state, [res.test_accuracy]
+        values = [res.val_accuracy]
+        if "throughput" in self.spec.objectives:
+            values.append(_train_throughput(res))
+        return state, values
 
-        def report_epoch(rec) -> None:
+
+def backbone_weights(spec: StudySpec, input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The state dict of ``spec.model`` with ``spec.weights`` loaded (its head is replaced per trial)."""
+    model = build_model(spec.model, input_shape[0], 2, image_size=input_shape[-1])
+    load_backbone_weights(spec.model, model, spec.weights)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _train_throughput(res: TrialResult) -> float:
+    """The trial's steady-state training samples/s over the whole run (NaN when not measured)."""
+    for r in res.records:
+        if r.metric == "samples_per_s" and r.phase == "all" and r.split == "train":
+            return r.value
+    return float("nan")
+
+
+def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial, prune: bool) -> TrialResult:
+    strategy = STRATEGIES.get(cfg.strategy)()
+    try:
+        hp = strategy.search_space(trial)
+    except Exception as e:  # noqa: BLE001 - e.g. an enqueued value outside a log-scale range
+        return failed_trial(replace(cfg, hp=dict(trial.params)), ctx,
+                            f"{type(e).__name__} in search_space: {e}")
+    trial.set_user_attr("hp", hp)
+
+    def report_epoch(rec) -> None:
+        if prune:  # Optuna prunes single-objective studies only
             trial.report(rec.val_accuracy, rec.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        res = run_trial(replace(self.template, trial=trial.number, hp=hp), self.ctx, report_epoch)
-        self.collect(res)
-        trial.set_user_attr("status", res.status)
-        if res.error:
-            trial.set_user_attr("error", res.error)
-        if res.status == "pruned":
-            raise optuna.TrialPruned()
-        return res.val_accuracy  # NaN for a failed trial: Optuna marks it FAIL and goes on
+    return run_trial(replace(cfg, hp=hp), ctx, report_epoch)
 
 
 def _trial_row(res: TrialResult) -> dict:
@@ -192,8 +282,24 @@ def _trial_row(res: TrialResult) -> dict:
         "val_accuracy": res.val_accuracy, "test_accuracy": res.test_accuracy,
         "seconds": res.seconds, "params": json.dumps(dict(c.hp), sort_keys=True),
     }
+    row.update({f"ood_accuracy:{k}": v for k, v in res.ood_accuracy.items()})
     row.update({f"param_{k}": v for k, v in c.hp.items()})
     return row
+
+
+def _work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
+    worker = _Worker(plan, device, progress)
+    compiles = any(parse_execution(c.execution).compile for c in plan.cells if not c.skipped)
+    with fresh_compile_cache(compiles):
+        try:
+            return run_trials(storage, plan, lambda p, c, t, s: worker(storage, c, t, s),
+                              lambda c, s: worker.study(storage, c, s), device=device)
+        finally:
+            worker.bar.close()
+
+
+def _first_device(spec: StudySpec) -> str:
+    return next(d for d in spec.devices if device_problem(d) is None)
 
 
 def run_study(
@@ -202,18 +308,22 @@ def run_study(
     storage: str | None = None,
     progress: bool = True,
 ) -> StudyRun:
-    """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``."""
-    from harness import plots, report  # the last stages; imported here to keep the flow one-way
+    """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``.
 
+    Other processes may join the run with :func:`run_worker` on the same ``storage``.
+    """
     spec.validate(check_data=True)
-    device = resolve_device(spec.device)
-    if storage is not None:
-        _check_storage(storage)
+    if spec.weights is not None:  # a missing or unfit file fails before anything is written
+        shape = load_task(spec.dataset, spec.classes, root=spec.data_root).input_shape
+        backbone_weights(spec, shape)
+    store = open_storage(storage) if storage is not None else None
     t_start = time.perf_counter()
     run_id = new_run_id()
     run_dir = _make_run_dir(out_root, spec.name, run_id)
     storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    env = environment(device)
+    store = store or open_storage(storage_url)
+    device = _first_device(spec)
+    env = environment(resolve_device(device))
     env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
                final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
     atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
@@ -222,58 +332,65 @@ def run_study(
         spec_dict["pretrain_key"] = recipe_key(spec.pretrain)
     atomic_write_text(run_dir / "spec.json", json.dumps(spec_dict, indent=2))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows: list[Measurement] = []
-    trial_rows: list[dict] = []
-    pre = None
+    pre_rows = []
     if spec.pretrain is not None:
-        pre = pretrained_backbone(spec.pretrain, device)
-        rows += _pretrain_rows(run_id, spec, pre)
+        pre_rows = _pretrain_rows(run_id, spec, pretrained_backbone(spec.pretrain, device), device)
+    plan = plan_run(store, spec, run_id, pre_rows)
+    _work(store, plan, None, progress)
+    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
 
-    compiles = any(parse_execution(e).compile for e in spec.executions)
-    with fresh_compile_cache(compiles):
-        bar = tqdm(total=len(spec.cells()) * (spec.trials + spec.seeds), desc=spec.name,
-                   unit="trial", disable=not progress)
-        tasks = {}
 
-        def collect(res: TrialResult) -> None:
-            rows.extend(res.records)
-            trial_rows.append(_trial_row(res))
-            bar.set_postfix_str(f"{res.config.cell} {res.status} val={res.val_accuracy:.3f}")
-            bar.update()
+def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True) -> StudyRun:
+    """Finish the run in ``run_dir`` whose process stopped: completed trials are kept, the
+    interrupted ones re-queued with their parameters, the rest run, then the tables are written."""
+    run_dir = Path(run_dir)
+    spec_file = run_dir / "spec.json"
+    if not spec_file.is_file():
+        raise UserError(f"--resume {str(run_dir)!r} is not a run folder (it has no spec.json); "
+                        "pass the folder results/<study>/<run_id> of the run to finish.")
+    env = json.loads((run_dir / "env.json").read_text())
+    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    if storage is None and not (run_dir / "optuna.db").is_file():
+        raise UserError(f"run {str(run_dir)!r} used the storage {env.get('storage')!r}; pass it "
+                        "again with --storage to resume.")
+    store = open_storage(storage_url)
+    spec_dict = json.loads(spec_file.read_text())
+    plan = find_run(store, spec_dict["name"], run_dir.name)
+    if plan is None:
+        raise UserError(f"run {run_dir.name!r} of study {spec_dict['name']!r} is not in the storage "
+                        f"{redact_url(storage_url)!r}; pass the storage the run used with --storage.")
+    t_start = time.perf_counter()
+    requeued = requeue_interrupted(store, plan)
+    if progress and requeued:
+        print(f"{spec_dict['name']}: re-queued {requeued} interrupted trial(s)")
+    _work(store, plan, None, progress)
+    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
 
-        for budget, strategy_name, execution in spec.cells():
-            if budget not in tasks:
-                tasks[budget] = load_task(spec.dataset, spec.classes, budget, device)
-            ctx = TrialContext(run_id, tasks[budget], pre.state_dict if pre else None)
-            cell = spec.cell_id(budget, strategy_name, execution)
-            strategy = STRATEGIES.get(strategy_name)()
-            template = TrialConfig(
-                study=spec.name, cell=cell, stage="search", trial=0, seed=SEARCH_SEED,
-                strategy=strategy_name, hp={}, dataset=spec.dataset, classes=spec.classes, shots=budget,
-                model=spec.model, device=spec.device, execution=execution, epochs=spec.epochs,
-                batch_size=spec.batch_size, target_accuracy=spec.target_accuracy,
-            )
 
-            cell_run = _Cell(template, ctx, strategy, collect)
-            study = optuna.create_study(
-                storage=storage_url, study_name=f"{spec.name}/{run_id}/{cell}", direction="maximize",
-                sampler=make_sampler(spec, strategy_name),
-                pruner=make_pruner(spec),
-            )
-            if strategy_name in spec.enqueue:
-                study.enqueue_trial(dict(spec.enqueue[strategy_name]))
-            study.optimize(cell_run.objective, n_trials=spec.trials)
-            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            if not done:
-                bar.update(spec.seeds)  # nothing to re-run: the cell shows as failed in the tables
-                continue
-            best_hp = study.best_trial.user_attrs["hp"]
-            for i in range(spec.seeds):
-                collect(run_trial(replace(template, stage="final", trial=i, seed=FINAL_SEEDS + i,
-                                          hp=best_hp), ctx))
-        bar.close()
+def run_worker(study: str, storage: str, device: str | None = None, run_id: str | None = None,
+               wait_s: float = 0.0, progress: bool = True) -> int:
+    """Join a run of ``study`` in ``storage`` (the newest unfinished, or ``run_id``) and run its trials
+    until none is left; returns how many this worker ran. ``device`` pins the worker to the
+    cells of that device (``cuda:1`` serves ``cuda`` cells on GPU 1)."""
+    if device is not None:
+        resolve_device(device)
+    store = open_storage(storage)
+    deadline = time.monotonic() + wait_s
+    while (plan := find_run(store, study, run_id, unfinished=True)) is None:
+        if time.monotonic() >= deadline:
+            raise UserError(f"no unfinished run of study {study!r} in the storage "
+                            f"{redact_url(storage)!r}; "
+                            f"start one with `python -m harness study {study} --storage URL` "
+                            "(or give the worker --wait SECONDS).")
+        time.sleep(0.5)
+    return _work(store, plan, device, progress)
 
+
+def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float) -> StudyRun:
+    """Write the tables, plots and report of a finished run, all from the storage."""
+    from harness import plots, report  # the last stages; imported here to keep the flow one-way
+
+    rows, trial_rows = collect(store, plan)
     measurements = measurements_frame(rows)
     trials = pd.DataFrame(trial_rows)
     summary = summarize(measurements, trials)
@@ -281,6 +398,5 @@ def run_study(
     write_csv(run_dir / "trials.csv", trials)
     write_csv(run_dir / "summary.csv", summary)
     plots.write_all(run_dir, measurements, summary)
-    seconds = time.perf_counter() - t_start
     report.write_markdown(run_dir, spec_dict, env, summary, measurements, seconds)
     return StudyRun(run_dir, summary, seconds)

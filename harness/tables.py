@@ -134,10 +134,10 @@ def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
 
 
 SUMMARY_COLUMNS = (
-    "cell", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
+    "cell", "device", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
     "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "train_gflops_per_sample",
     "utilisation", "time_to_target_s", "bn_mode", "best_params",
-    "trials_ok", "trials_pruned", "trials_failed",
+    "trials_ok", "trials_pruned", "trials_failed", "pareto", "skipped",
 )
 
 
@@ -171,10 +171,9 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
                                      "peak_cpu_rss_process_lifetime_increase"])
                   & (mc["phase"] == "all")]["value"]
         ok_search = search[search["status"] == "ok"]
-
-
+        skipped = g[g["status"] == "skipped"]["error"]
         rows.append({
-            "cell": cell, "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
+            "cell": cell, "device": g["device"].iloc[0], "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
             "execution": g["execution"].iloc[0],
             "n_seeds": n, "test_acc_mean": mean, "test_acc_ci95": half,
             "test_acc_low": mean - half, "test_acc_high": mean + half,
@@ -184,13 +183,35 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "utilisation": mc[(mc["metric"] == "utilisation_empirical")
                               & (mc["phase"] == "all")]["value"].median(),
             "time_to_target_s": mc[mc["metric"] == "time_to_target_s"]["value"].median(),
-            "bn_mode": (final if len(final) else search)["bn_mode"].iloc[0],
+            "bn_mode": (final if len(final) else search).get("bn_mode", pd.Series([""])).iloc[0],
             "best_params": final["params"].iloc[0] if len(final) else "",
             "trials_ok": int((search["status"] == "ok").sum()),
             "trials_pruned": int((search["status"] == "pruned").sum()),
             "trials_failed": int((search["status"] == "failed").sum()),
+            "skipped": skipped.iloc[0] if len(skipped) else "",
         })
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    summary["pareto"] = pareto_front(summary, ["test_acc_mean", "samples_per_s"],
+                                     by=["device", "budget"])
+    return summary
+
+
+def pareto_front(df: pd.DataFrame, objectives: list[str], by: list[str]) -> pd.Series:
+    """Whether each row is on the Pareto front (every objective higher is better) of its group.
+
+    A row is dominated when another row of its group is at least as good on every objective and
+    better on one; rows with a missing objective are never on the front.
+    """
+    out = pd.Series(False, index=df.index)
+    for _, g in df.groupby(by, sort=False, dropna=False):
+        v = g[objectives].to_numpy(dtype=float)
+        for i, idx in enumerate(g.index):
+            if not all(v[i] == v[i]):  # NaN
+                continue
+            others = v[[j for j in range(len(v)) if j != i and all(v[j] == v[j])]]
+            dominated = ((others >= v[i]).all(axis=1) & (others > v[i]).any(axis=1)).any()
+            out[idx] = not dominated
+    return out
 
 
 def execution_comparison(measurements: pd.DataFrame) -> pd.DataFrame:

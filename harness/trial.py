@@ -4,8 +4,9 @@ A trial builds the backbone (with the pretrained weights and a fresh head when t
 source task), asks the strategy for its plan, trains it with the one loop under
 :class:`~harness.measure.PeakMemory`, and turns what happened into :class:`Measurement` rows.
 A raised exception, a NaN loss or an out-of-memory error gives ``status="failed"`` and the
-error text; Optuna's pruning gives ``status="pruned"``. Test accuracy is measured only for
-``stage="final"`` runs: selection never sees the test split.
+error text; Optuna's pruning gives ``status="pruned"``. Test accuracy, and the accuracy on
+every out-of-distribution set of the task (rows with ``split="ood:<name>"``), is measured only
+for ``stage="final"`` runs: selection never sees the test split or an OOD set.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import optuna
@@ -54,20 +55,22 @@ class TrialResult:
     seconds: float
     bn_mode: str
     records: tuple[Measurement, ...]
+    ood_accuracy: Mapping[str, float] = field(default_factory=dict)  # final runs: OOD set -> accuracy
 
 
 def build_trial_model(cfg: TrialConfig, ctx: TrialContext) -> torch.nn.Sequential:
     """The trial's model: seeded, pretrained weights loaded, a fresh head for the target classes."""
     torch.manual_seed(cfg.seed)
     task = ctx.task
+    size = task.input_shape[-1]  # reaches only the backbones that need it (ViT)
     if ctx.pretrained is None:
-        model = build_model(cfg.model, task.input_shape[0], task.n_classes)
+        model = build_model(cfg.model, task.input_shape[0], task.n_classes, image_size=size)
     else:
         n_source = ctx.pretrained["head.weight"].shape[0]
-        model = build_model(cfg.model, task.input_shape[0], n_source)
+        model = build_model(cfg.model, task.input_shape[0], n_source, image_size=size)
         model.load_state_dict(ctx.pretrained)
         replace_head(model, task.n_classes)
-    return model.to(task.train.x.device)
+    return model.to(task.device)
 
 
 def run_trial(
@@ -82,6 +85,7 @@ def run_trial(
     status, error, bn_mode = "ok", "", ""
     result: LoopResult | None = None
     test_acc = None
+    ood_acc: dict[str, float] = {}
     n_trainable = 0
 
     def record_epoch(rec: EpochRecord) -> None:
@@ -103,13 +107,14 @@ def run_trial(
         loop_cfg = LoopConfig(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=float(cfg.hp["lr"]),
             weight_decay=float(cfg.hp.get("weight_decay", 0.0)), seed=cfg.seed,
-            execution=execution,
+            execution=execution, loader=cfg.loader, loader_workers=cfg.loader_workers,
         )
         release_free_memory()  # earlier trials' garbage must not count as this trial's memory
         result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
         n_trainable = count_parameters(model, trainable_only=True)
         if cfg.stage == "final":
             test_acc, _ = evaluate(model, ctx.task.test)
+            ood_acc = _ood_accuracy(model, cfg, ctx.task)
     except optuna.TrialPruned:
         status = "pruned"
     except Exception as e:  # noqa: BLE001 - a failed trial is a row, not a crash of the study
@@ -120,9 +125,10 @@ def run_trial(
     seconds = time.perf_counter() - t0
     # a failed run's last accuracy must never reach selection: NaN makes Optuna mark it FAIL
     val_acc = epochs[-1].val_accuracy if epochs and status != "failed" else float("nan")
-    records = _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable)
+    records = _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
-    return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records))
+    return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records),
+                       ood_acc)
 
 
 def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult:
@@ -131,12 +137,21 @@ def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult
     return TrialResult(cfg, "failed", error, float("nan"), None, 0.0, "", tuple(records))
 
 
+def _ood_accuracy(model: torch.nn.Module, cfg: TrialConfig, task: Task) -> dict[str, float]:
+    """Accuracy on every OOD set of the task; the ones ``cfg.ood`` names must all be there."""
+    missing = [name for name in cfg.ood if name not in task.ood]
+    if missing:
+        raise ValueError(f"the trial asks for OOD sets {missing} that its task lacks "
+                         f"(it has {list(task.ood)}); load the task with ood={list(cfg.ood)}.")
+    return {name: evaluate(model, split)[0] for name, split in task.ood.items()}
+
+
 def _p50(values: list[float], warmup: int) -> float:
     v = values[warmup:]
     return float(np.median(v)) if v else float("nan")
 
 
-def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable):
+def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc=None):
     base = Measurement(
         run_id=ctx.run_id, study=cfg.study, cell=cfg.cell, stage=cfg.stage, trial=cfg.trial,
         phase="all", strategy=cfg.strategy, dataset=cfg.dataset, model=cfg.model,
@@ -163,6 +178,8 @@ def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable):
         add("target_accuracy", cfg.target_accuracy, "fraction", split="val")
     if test_acc is not None:
         add("accuracy", test_acc, "fraction", split="test")
+    for name, acc in (ood_acc or {}).items():
+        add("accuracy", acc, "fraction", split=f"ood:{name}")
     if result is not None:
         _loop_rows(add, cfg, result)
         add("trainable_params", n_trainable, "count")

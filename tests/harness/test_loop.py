@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from harness.data import Split
 from harness.loop import LoopConfig, NonFiniteLossError, cosine, train
+from harness.measure import release_free_memory
 from harness.models import blocks, build_model
 from harness.phases import apply_phase
 from harness.strategy import Phase, Plan
@@ -149,6 +150,8 @@ def test_phase_peaks_are_reset_between_phases():
             big = torch.ones(2**26)  # 256 MiB, touched, then freed
             del big
 
+    # as run_trial does: memory freed by earlier tests must not hand the allocation resident pages
+    release_free_memory()
     res = train(model, plan, data, data, LoopConfig(epochs=2, batch_size=8), on_epoch=allocate_in_epoch_0)
     probe, ft = res.phases["probe"].memory, res.phases["ft"].memory
     assert probe.increase_bytes >= 0.9 * 2**28

@@ -24,7 +24,8 @@ def test_a_diverged_trial_is_failed_in_optuna_and_never_selected(tmp_path):
     assert "NonFiniteLossError" in diverged["error"].iloc[0]
     assert diverged["val_accuracy"].isna().all()
     url = f"sqlite:///{run.run_dir / 'optuna.db'}"
-    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    name = next(n for n in optuna.get_all_study_names(url) if n.endswith("/linear_probe/eager"))
+    study = optuna.load_study(study_name=name, storage=url)
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     finals = trials[trials["stage"] == "final"]
     assert len(finals) == 2 and (finals["param_lr"] != 1e38).all()
@@ -55,7 +56,8 @@ def test_execution_is_a_grid_axis_with_its_own_cells(tmp_path):
     spec = _spec(executions=("eager", "eager+channels_last"), trials=1, seeds=1, epochs=2)
     run = run_study(spec, out_root=tmp_path, progress=False)
     s = run.summary
-    assert s["cell"].tolist() == ["shots=20/full_finetune/eager", "shots=20/full_finetune/eager+channels_last"]
+    assert s["cell"].tolist() == ["cpu/shots=20/full_finetune/eager",
+                                "cpu/shots=20/full_finetune/eager+channels_last"]
     assert set(load(run.run_dir).measurements["execution"]) == {"eager", "eager+channels_last"}
     assert dataclasses.asdict(spec)["executions"] == ("eager", "eager+channels_last")
 
@@ -138,3 +140,54 @@ def test_random_sampler_repeats_its_search_with_the_same_seed(tmp_path):
     a = load(run_study(spec, out_root=tmp_path / "a", progress=False).run_dir).trials
     b = load(run_study(spec, out_root=tmp_path / "b", progress=False).run_dir).trials
     assert a["params"].tolist() == b["params"].tolist()
+
+
+def test_an_unavailable_device_is_a_skipped_cell_with_its_reason(tmp_path):
+    spec = _spec(devices=("cpu", "cuda:7"), trials=1, seeds=1, epochs=1)
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    trials = load(run.run_dir).trials
+    skipped = trials[trials["status"] == "skipped"]
+    assert skipped["cell"].tolist() == ["cuda:7/shots=20/full_finetune/eager"]
+    assert "not available" in skipped["error"].iloc[0] or "does not exist" in skipped["error"].iloc[0]
+    s = run.summary.set_index("cell")
+    assert s.loc["cpu/shots=20/full_finetune/eager", "n_seeds"] == 1
+    assert s.loc["cuda:7/shots=20/full_finetune/eager", "skipped"]
+    assert "skipped: " in (run.run_dir / "report.md").read_text()
+
+
+def test_a_study_whose_every_device_is_missing_exits_2_before_writing(run_cli, tmp_path):
+    res = run_cli("study", "finetune_vs_probe", "--devices", "cuda:7", "--out", str(tmp_path))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "cuda:7" in res.stderr and not any(tmp_path.iterdir())
+
+
+def test_multi_objective_marks_the_pareto_front_of_accuracy_and_throughput(tmp_path):
+    spec = _spec(strategies=("full_finetune", "linear_probe"), objectives=("accuracy", "throughput"),
+                 trials=4, seeds=1, epochs=2)
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    trials = load(run.run_dir).trials
+    search = trials[trials["stage"] == "search"]
+    url = f"sqlite:///{run.run_dir / 'optuna.db'}"
+    for cell, g in search.groupby("cell"):
+        study = optuna.load_study(study_name=next(n for n in optuna.get_all_study_names(url)
+                                                  if n.endswith(cell)), storage=url)
+        assert len(study.directions) == 2
+        front = {t.number for t in study.best_trials}
+        assert set(g[g["pareto"].astype(bool)]["trial"]) == front
+        # no point off the front dominates one on it
+        vals = {t.number: t.values for t in study.trials if t.values}
+        for n in front:
+            assert not any(v[0] >= vals[n][0] and v[1] >= vals[n][1] and v != vals[n]
+                           for v in vals.values())
+    assert run.summary["pareto"].any()
+
+
+def test_pareto_front_of_the_summary():
+    import pandas as pd
+
+    from harness.tables import pareto_front
+
+    df = pd.DataFrame({"acc": [0.9, 0.8, 0.7, 0.95, float("nan")], "sps": [10, 20, 5, 1, 100],
+                       "device": "cpu", "budget": "10"})
+    assert pareto_front(df, ["acc", "sps"], by=["device", "budget"]).tolist() == [
+        True, True, False, True, False]

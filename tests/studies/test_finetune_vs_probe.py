@@ -86,8 +86,11 @@ def test_optuna_storage_is_readable_by_optuna(tiny_run):
     run_dir, _ = tiny_run
     url = f"sqlite:///{run_dir / 'optuna.db'}"
     names = optuna.get_all_study_names(url)
-    assert len(names) == 6
-    study = optuna.load_study(study_name=names[0], storage=url)
+    # the run's manifest, and a search and a final study per cell (3 budgets x 2 strategies)
+    searches = [n for n in names if n.endswith("/eager")]
+    assert len(names) == 13 and len(searches) == 6
+    assert sum(n.endswith("/final") for n in names) == 6
+    study = optuna.load_study(study_name=searches[0], storage=url)
     assert len(study.trials) == 2 and study.best_trial.user_attrs["hp"]["lr"] > 0
 
 
