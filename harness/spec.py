@@ -108,7 +108,7 @@ class StudySpec:
     # strategy -> hyperparameters Optuna tries first (study.enqueue_trial), e.g. a paper's recipe
     enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # "median": stop a trial whose val accuracy is below the median of earlier trials at the same
-    # epoch, judged only from the second half of training on (phased strategies start slowly);
+    # epoch (of the same cell), judged from a quarter of the epochs on;
     # "none": every trial runs to the end
     pruner: str = "median"  # or "hyperband" (budgets in epochs) or "none"
     # "tpe" (default), "random", or "grid" (exact reproduction: every combination of ``grid``)
@@ -179,10 +179,12 @@ class StudySpec:
             _check_types(self.pretrain, _RECIPE_TYPES, "pretrain")
         for strategy in self.strategies:
             STRATEGIES.get(strategy)
-        DATASETS.get(self.dataset)
+        from harness.data import parse_dataset
+
+        DATASETS.get(parse_dataset(self.dataset)[0])
         MODELS.get(self.model)
         if self.pretrain is not None:
-            DATASETS.get(self.pretrain.dataset)
+            DATASETS.get(parse_dataset(self.pretrain.dataset)[0])
             MODELS.get(self.pretrain.model)
         for b in self.budgets:
             if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):

@@ -87,8 +87,10 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         # epochs are the resource; no trial is stopped before a second of its epochs
         return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.epochs // 4),
                                               max_resource=spec.epochs, reduction_factor=3)
+    # trials are compared within their cell (one strategy), so a phased strategy's slow start
+    # is shared by every trial it is judged against; a quarter of the epochs is enough warm-up
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(spec.trials),
-                                       n_warmup_steps=spec.epochs // 2)
+                                       n_warmup_steps=max(1, spec.epochs // 4))
 
 
 class _PlannedGridSampler(optuna.samplers.GridSampler):

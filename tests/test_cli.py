@@ -10,9 +10,18 @@ import pytest
     (["study", "finetune_vs_probe", "--device", "tpu"], "error: unknown device 'tpu'"),
     (["study", "missing.toml"], "error: study file 'missing.toml' does not exist."),
     (["list", "widgets"], "invalid choice: 'widgets'"),
+    (["study", "finetune_vs_probe", "--objectives", "throughput"],
+     "objectives must be ('accuracy',) or ('accuracy', 'throughput')"),
+    (["study", "finetune_vs_probe", "--resume", "nowhere"], "--resume 'nowhere' is not a run folder"),
+    (["study", "finetune_vs_probe", "--resume", "x", "--trials", "3"],
+     "--resume finishes a run as it was planned; drop --trials."),
+    (["worker", "finetune_vs_probe", "--storage", "journal:/nonexistent-dir/x.log"],
+     "cannot open Optuna storage"),
 ])
 def test_user_mistakes_exit_2_with_one_line(run_cli, args, needle, tmp_path):
     res = run_cli(*args, "--out", str(tmp_path)) if args[0] == "study" else run_cli(*args)
+    if args[0] == "worker":
+        assert "Traceback" not in res.stderr
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -45,10 +54,16 @@ def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
     ("sampler = \"grid\"", "the grid sampler needs a grid for every strategy, but ['linear_probe'] have none"),
     ("sampler = \"cmaes\"", "sampler must be one of ('tpe', 'random', 'grid'), but got 'cmaes'."),
     ("pruner = \"sha\"", "pruner must be one of ('median', 'hyperband', 'none'), but got 'sha'."),
+    ("ood = [\"rotate\"]", "OOD set 'rotate' needs a finite number"),
+    ("loader = \"stream\"", "loader must be one of ('resident', 'dataloader')"),
+    ("model = \"resnet18\"\nweights = \"/no/such/weights.pt\"", "weights file not found: /no/such/weights.pt"),
+    ("dataset = \"cifar10:/no/cifar\"", "dataset 'cifar10' not found: missing data_batch_1"),
+    ("devices = [\"cuda:3\"]", "device 'cuda:3' is not available"),
 ])
 def test_bad_values_in_a_study_file_exit_2_before_anything_is_written(run_cli, tmp_path, line, needle):
     f = tmp_path / "s.toml"
-    f.write_text(f'dataset = "digits"\nstrategies = ["linear_probe"]\n{line}\n')
+    dataset = "" if line.startswith("dataset") else 'dataset = "digits"\n'
+    f.write_text(f'{dataset}strategies = ["linear_probe"]\n{line}\n')
     res = run_cli("study", str(f), "--out", str(tmp_path / "out"))
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
@@ -87,3 +102,9 @@ def test_help_explains_every_study_option(run_cli):
     res = run_cli("study", "--help")
     for opt in ("--trials", "--seeds", "--storage", "--out", "--device"):
         assert opt in res.stdout
+
+
+def test_a_worker_with_no_run_to_join_exits_2(run_cli, tmp_path):
+    res = run_cli("worker", "finetune_vs_probe", "--storage", f"journal:{tmp_path / 'j.log'}")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "no unfinished run of study 'finetune_vs_probe'" in res.stderr
