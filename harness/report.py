@@ -25,6 +25,8 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
 
     view = pd.DataFrame({
         "device": summary["device"],
+        "dataset": summary["dataset"],
+        "model": summary["model"],
         "budget": summary["budget"],
         "strategy": summary["strategy"],
         "execution": summary["execution"],
@@ -42,9 +44,8 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
         # non-dominated on (test accuracy, samples/s) among the cells of its device and budget
         "Pareto": summary["pareto"].map({True: "yes", False: ""}),
     })
-    if view["device"].nunique() == 1:
-        view = view.drop(columns="device")
-    return view
+    # an axis with one value is said once, in the report's header, not on every row
+    return view.drop(columns=[c for c in ("device", "dataset", "model") if view[c].nunique() == 1])
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -92,6 +92,8 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
 @dataclass(frozen=True)
 class Cell:
     device: str
+    dataset: str
+    model: str
     budget: int | None
     strategy: str
     execution: str
@@ -99,7 +101,8 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return StudySpec.cell_id(self.device, self.budget, self.strategy, self.execution)
+        return StudySpec.cell_id(self.device, self.dataset, self.model, self.budget, self.strategy,
+                                 self.execution)
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ def search_trials(spec: StudySpec, strategy: str) -> int:
 def plan_run(storage, spec: StudySpec, run_id: str, pretrain_records=()) -> RunPlan:
     """Write the run's manifest and queue every trial of every cell that can run here."""
     skipped = spec.skipped_cells()
-    cells = tuple(Cell(d, b, s, e, skipped.get((d, e), "")) for d, b, s, e in spec.cells())
+    cells = tuple(Cell(d, ds, m, b, s, e, skipped.get((d, e), ""))
+                  for d, ds, m, b, s, e in spec.cells())
     plan = RunPlan(spec, run_id, cells, tuple(pretrain_records))
     manifest = optuna.create_study(storage=storage, study_name=plan.prefix)
     for cell in cells:
@@ -157,7 +161,8 @@ def plan_run(storage, spec: StudySpec, run_id: str, pretrain_records=()) -> RunP
     # the manifest last: a worker that finds it finds every queue complete
     manifest.set_user_attr(MANIFEST, {
         "spec": spec.to_dict(), "run_id": run_id,
-        "cells": [[c.device, c.budget, c.strategy, c.execution, c.skipped] for c in cells],
+        "cells": [[c.device, c.dataset, c.model, c.budget, c.strategy, c.execution, c.skipped]
+                  for c in cells],
         "pretrain_records": [list(astuple(r)) for r in pretrain_records],
     })
     return plan
@@ -357,7 +362,7 @@ def _bare_row(plan: RunPlan, cell: Cell, stage: str, t) -> dict:
     status = {TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}.get(t.state, t.state.name.lower())
     return {"run_id": plan.run_id, "study": plan.spec.name, "cell": cell.id, "stage": stage,
             "trial": t.number, "strategy": cell.strategy, "budget": budget_label(cell.budget),
-            "dataset": plan.spec.dataset, "model": plan.spec.model, "device": cell.device,
+            "dataset": cell.dataset, "model": cell.model, "device": cell.device,
             "execution": cell.execution, "status": status,
             "error": t.user_attrs.get("error", ""), "params": "{}"}
 
@@ -365,5 +370,5 @@ def _bare_row(plan: RunPlan, cell: Cell, stage: str, t) -> dict:
 def _skipped_row(plan: RunPlan, cell: Cell) -> dict:
     return {"run_id": plan.run_id, "study": plan.spec.name, "cell": cell.id, "stage": "search",
             "trial": None, "strategy": cell.strategy, "budget": budget_label(cell.budget),
-            "dataset": plan.spec.dataset, "model": plan.spec.model, "device": cell.device,
+            "dataset": cell.dataset, "model": cell.model, "device": cell.device,
             "execution": cell.execution, "status": "skipped", "error": cell.skipped, "params": "{}"}

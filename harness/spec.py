@@ -104,6 +104,9 @@ class StudySpec:
     seeds: int = 3  # re-runs of each cell's best config, for the test-accuracy CI
     # a grid axis; a device this machine lacks makes skipped cells with the reason
     devices: tuple[str, ...] = ("cpu",)
+    # grid axes over several datasets (same classes) or backbones; empty: just dataset / model
+    datasets: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
     executions: tuple[str, ...] = ("eager",)  # labels parsed by harness.execution.parse_execution
     # strategy -> hyperparameters Optuna tries first (study.enqueue_trial), e.g. a paper's recipe
     enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -135,14 +138,24 @@ class StudySpec:
     # from the local torch hub cache) or a path to a state-dict file; None: pretrain or scratch
     weights: str | None = None
 
-    def cells(self) -> list[tuple[str, int | None, str, str]]:
-        """Every (device, budget, strategy, execution), in the order they run."""
-        return [(d, b, s, e) for d in self.devices for b in self.budgets
+    @property
+    def dataset_axis(self) -> tuple[str, ...]:
+        return self.datasets or (self.dataset,)
+
+    @property
+    def model_axis(self) -> tuple[str, ...]:
+        return self.models or (self.model,)
+
+    def cells(self) -> list[tuple[str, str, str, int | None, str, str]]:
+        """Every (device, dataset, model, budget, strategy, execution), in the order they run."""
+        return [(d, ds, m, b, s, e) for d in self.devices for ds in self.dataset_axis
+                for m in self.model_axis for b in self.budgets
                 for s in self.strategies for e in self.executions]
 
     @staticmethod
-    def cell_id(device: str, budget: int | None, strategy: str, execution: str) -> str:
-        return f"{device}/shots={budget_label(budget)}/{strategy}/{execution}"
+    def cell_id(device: str, dataset: str, model: str, budget: int | None, strategy: str,
+                execution: str) -> str:
+        return f"{device}/{dataset}/{model}/shots={budget_label(budget)}/{strategy}/{execution}"
 
     @property
     def pruning(self) -> str:
@@ -181,8 +194,10 @@ class StudySpec:
             STRATEGIES.get(strategy)
         from harness.data import parse_dataset
 
-        DATASETS.get(parse_dataset(self.dataset)[0])
-        MODELS.get(self.model)
+        for dataset in self.dataset_axis:
+            DATASETS.get(parse_dataset(dataset)[0])
+        for model in self.model_axis:
+            MODELS.get(model)
         if self.pretrain is not None:
             DATASETS.get(parse_dataset(self.pretrain.dataset)[0])
             MODELS.get(self.pretrain.model)
@@ -241,8 +256,9 @@ class StudySpec:
         if check_data:
             from harness.data import load_task
 
-            for b in self.budgets:
-                load_task(self.dataset, self.classes, b, root=self.data_root, ood=self.ood)
+            for dataset in self.dataset_axis:
+                for b in self.budgets:
+                    load_task(dataset, self.classes, b, root=self.data_root, ood=self.ood)
             if self.pretrain is not None:
                 load_task(self.pretrain.dataset, self.pretrain.classes, root=self.data_root)
         return self
@@ -280,6 +296,7 @@ class TrialConfig:
 
 _SPEC_TYPES = {
     "name": str, "description": str, "dataset": str, "model": str, "devices": "strs",
+    "datasets": "strs", "models": "strs",
     "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
     "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
@@ -359,7 +376,11 @@ def spec_from_dict(raw: Mapping[str, Any], where: str = "the study") -> StudySpe
         if isinstance(p.get("classes"), list):
             p["classes"] = tuple(p["classes"])
         raw["pretrain"] = PretrainRecipe(**p)
-    for key in ("strategies", "classes", "executions", "ood", "devices", "objectives"):
+    for key in ("datasets", "models"):
+        if isinstance(raw.get(key), list) and raw[key] and key[:-1] not in raw:
+            raw[key[:-1]] = raw[key][0]  # the first of the axis is the study's dataset / model
+    for key in ("strategies", "classes", "executions", "ood", "devices", "objectives", "datasets",
+                "models"):
         if isinstance(raw.get(key), list):
             raw[key] = tuple(raw[key])
     if isinstance(raw.get("budgets"), list):

@@ -175,7 +175,7 @@ class _Worker:
         self.spec = plan.spec
         self.device = device  # None: each cell on its own device
         self._tasks: dict = {}
-        self._pre = None
+        self._pre: dict = {}  # model -> its backbone state dict (pretrained or loaded)
         self.bar = tqdm(total=sum(0 if c.skipped else self.spec.trials + self.spec.seeds
                                   for c in plan.cells),
                         desc=self.spec.name, unit="trial", disable=not progress)
@@ -187,26 +187,29 @@ class _Worker:
                                  sampler=make_sampler(self.spec, cell.strategy),
                                  pruner=make_pruner(self.spec))
 
-    def _context(self, device: str, budget: int | None) -> TrialContext:
+    def _context(self, device: str, cell: Cell) -> TrialContext:
         spec = self.spec
-        if (device, budget) not in self._tasks:
-            self._tasks[device, budget] = load_task(spec.dataset, spec.classes, budget, device,
-                                                    root=spec.data_root, ood=spec.ood,
-                                                    loader=spec.loader)
-        task = self._tasks[device, budget]
-        if self._pre is None:
+        key = device, cell.dataset, cell.budget
+        if key not in self._tasks:
+            self._tasks[key] = load_task(cell.dataset, spec.classes, cell.budget, device,
+                                         root=spec.data_root, ood=spec.ood, loader=spec.loader)
+        task = self._tasks[key]
+        if cell.model not in self._pre:
             if spec.pretrain is not None:
-                self._pre = pretrained_backbone(spec.pretrain, device).state_dict
+                recipe = replace(spec.pretrain, model=cell.model)
+                self._pre[cell.model] = pretrained_backbone(recipe, device).state_dict
             elif spec.weights is not None:
-                self._pre = backbone_weights(spec, task.input_shape)
-        return TrialContext(self.plan.run_id, task, self._pre)
+                self._pre[cell.model] = backbone_weights(cell.model, spec.weights, task.input_shape)
+            else:
+                self._pre[cell.model] = None
+        return TrialContext(self.plan.run_id, task, self._pre[cell.model])
 
     def template(self, cell: Cell) -> TrialConfig:
         spec = self.spec
         return TrialConfig(
             study=spec.name, cell=cell.id, stage="search", trial=0, seed=SEARCH_SEED,
-            strategy=cell.strategy, hp={}, dataset=spec.dataset, classes=spec.classes,
-            shots=cell.budget, model=spec.model, device=self.device or cell.device,
+            strategy=cell.strategy, hp={}, dataset=cell.dataset, classes=spec.classes,
+            shots=cell.budget, model=cell.model, device=self.device or cell.device,
             execution=cell.execution, epochs=spec.epochs, batch_size=spec.batch_size,
             target_accuracy=spec.target_accuracy, data_root=spec.data_root, ood=spec.ood,
             loader=spec.loader, loader_workers=spec.loader_workers, weights=spec.weights,
@@ -214,7 +217,7 @@ class _Worker:
 
     def __call__(self, storage, cell: Cell, trial: optuna.Trial, stage: str):
         template = self.template(cell)
-        ctx = self._context(template.device, cell.budget)
+        ctx = self._context(template.device, cell)
         if stage == "search":
             res = _search_trial(replace(template, trial=trial.number), ctx, trial,
                                 prune=len(self.spec.objectives) == 1)
@@ -241,10 +244,10 @@ class _Worker:
         return state, values
 
 
-def backbone_weights(spec: StudySpec, input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """The state dict of ``spec.model`` with ``spec.weights`` loaded (its head is replaced per trial)."""
-    model = build_model(spec.model, input_shape[0], 2, image_size=input_shape[-1])
-    load_backbone_weights(spec.model, model, spec.weights)
+def backbone_weights(name: str, weights: str, input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The state dict of model ``name`` with ``weights`` loaded (its head is replaced per trial)."""
+    model = build_model(name, input_shape[0], 2, image_size=input_shape[-1])
+    load_backbone_weights(name, model, weights)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -316,8 +319,9 @@ def run_study(
     """
     spec.validate(check_data=True)
     if spec.weights is not None:  # a missing or unfit file fails before anything is written
-        shape = load_task(spec.dataset, spec.classes, root=spec.data_root).input_shape
-        backbone_weights(spec, shape)
+        shape = load_task(spec.dataset_axis[0], spec.classes, root=spec.data_root).input_shape
+        for model in spec.model_axis:
+            backbone_weights(model, spec.weights, shape)
     store = open_storage(storage) if storage is not None else None
     t_start = time.perf_counter()
     run_id = new_run_id()
@@ -336,7 +340,9 @@ def run_study(
 
     pre_rows = []
     if spec.pretrain is not None:
-        pre_rows = _pretrain_rows(run_id, spec, pretrained_backbone(spec.pretrain, device), device)
+        for model in spec.model_axis:
+            pre = pretrained_backbone(replace(spec.pretrain, model=model), device)
+            pre_rows += _pretrain_rows(run_id, spec, pre, device)
     plan = plan_run(store, spec, run_id, pre_rows)
     _work(store, plan, None, progress)
     return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)

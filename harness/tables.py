@@ -134,7 +134,7 @@ def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
 
 
 SUMMARY_COLUMNS = (
-    "cell", "device", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
+    "cell", "device", "dataset", "model", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
     "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "train_gflops_per_sample",
     "utilisation", "time_to_target_s", "bn_mode", "best_params",
     "trials_ok", "trials_pruned", "trials_failed", "pareto", "skipped",
@@ -173,7 +173,8 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         ok_search = search[search["status"] == "ok"]
         skipped = g[g["status"] == "skipped"]["error"]
         rows.append({
-            "cell": cell, "device": g["device"].iloc[0], "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
+            "cell": cell, "device": g["device"].iloc[0], "dataset": g["dataset"].iloc[0],
+            "model": g["model"].iloc[0], "budget": g["budget"].iloc[0], "strategy": g["strategy"].iloc[0],
             "execution": g["execution"].iloc[0],
             "n_seeds": n, "test_acc_mean": mean, "test_acc_ci95": half,
             "test_acc_low": mean - half, "test_acc_high": mean + half,
@@ -192,7 +193,7 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         })
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     summary["pareto"] = pareto_front(summary, ["test_acc_mean", "samples_per_s"],
-                                     by=["device", "budget"])
+                                     by=["device", "dataset", "budget"])
     return summary
 
 
@@ -214,8 +215,12 @@ def pareto_front(df: pd.DataFrame, objectives: list[str], by: list[str]) -> pd.S
     return out
 
 
+_KEYS = ("device", "dataset", "model", "budget", "strategy")  # what a comparison of executions holds fixed
+
+
 def execution_comparison(measurements: pd.DataFrame) -> pd.DataFrame:
-    """Per budget and strategy: steady-state samples/s of each execution, speedup over eager, compile time.
+    """Per device, dataset, model, budget and strategy: steady-state samples/s of each execution,
+    speedup over eager, compile time.
 
     Speedup is the ratio of the median steady-state throughput of the final re-runs. Compile
     time is the summed wall time of the training steps that compiled a graph (so it includes
@@ -226,23 +231,23 @@ def execution_comparison(measurements: pd.DataFrame) -> pd.DataFrame:
     ok = measurements[measurements["status"] == "ok"]
     m = ok[ok["stage"] == "final"]
     first = ok[(ok["stage"] == "search") & (ok["trial"] == 0) & (ok["metric"] == "compile_steps_s")]
-    cold = first.groupby(["budget", "strategy", "execution"])["value"].sum()
+    cold = first.groupby([*_KEYS, "execution"])["value"].sum()
     if m.empty or m["execution"].nunique() < 2:
         return pd.DataFrame()
-    per_run = m.pivot_table(index=["budget", "strategy", "execution", "seed"], columns="metric",
+    per_run = m.pivot_table(index=[*_KEYS, "execution", "seed"], columns="metric",
                             values="value", aggfunc="sum", observed=True)
     speed = m[(m["metric"] == "samples_per_s") & (m["phase"] == "all")]
-    speed = speed.groupby(["budget", "strategy", "execution"])["value"].median()
+    speed = speed.groupby([*_KEYS, "execution"])["value"].median()
     rows = []
-    for (budget, strategy), g in per_run.groupby(level=["budget", "strategy"]):
-        base = speed.get((budget, strategy, "eager"), float("nan"))
+    for key, g in per_run.groupby(level=list(_KEYS)):
+        base = speed.get((*key, "eager"), float("nan"))
         for execution, r in g.groupby(level="execution"):
-            sps = speed.get((budget, strategy, execution), float("nan"))
+            sps = speed.get((*key, execution), float("nan"))
             comp = r["compile_steps_s"] if "compile_steps_s" in r else pd.Series(dtype=float)
             rows.append({
-                "budget": budget, "strategy": strategy, "execution": execution,
+                **dict(zip(_KEYS, key)), "execution": execution,
                 "samples_per_s": sps, "speedup_vs_eager": sps / base,
-                "cold_compile_s": cold.get((budget, strategy, execution), 0.0),
+                "cold_compile_s": cold.get((*key, execution), 0.0),
                 "warm_compile_s": comp.median() if len(comp.dropna()) else 0.0,
                 "graphs_compiled": r["graphs_compiled"].median() if "graphs_compiled" in r else 0,
                 "timed_recompiles": r["timed_recompiles"].max() if "timed_recompiles" in r else 0,

@@ -56,8 +56,8 @@ def test_execution_is_a_grid_axis_with_its_own_cells(tmp_path):
     spec = _spec(executions=("eager", "eager+channels_last"), trials=1, seeds=1, epochs=2)
     run = run_study(spec, out_root=tmp_path, progress=False)
     s = run.summary
-    assert s["cell"].tolist() == ["cpu/shots=20/full_finetune/eager",
-                                "cpu/shots=20/full_finetune/eager+channels_last"]
+    assert s["cell"].tolist() == ["cpu/digits/small_cnn/shots=20/full_finetune/eager",
+                                "cpu/digits/small_cnn/shots=20/full_finetune/eager+channels_last"]
     assert set(load(run.run_dir).measurements["execution"]) == {"eager", "eager+channels_last"}
     assert dataclasses.asdict(spec)["executions"] == ("eager", "eager+channels_last")
 
@@ -147,11 +147,11 @@ def test_an_unavailable_device_is_a_skipped_cell_with_its_reason(tmp_path):
     run = run_study(spec, out_root=tmp_path, progress=False)
     trials = load(run.run_dir).trials
     skipped = trials[trials["status"] == "skipped"]
-    assert skipped["cell"].tolist() == ["cuda:7/shots=20/full_finetune/eager"]
+    assert skipped["cell"].tolist() == ["cuda:7/digits/small_cnn/shots=20/full_finetune/eager"]
     assert "not available" in skipped["error"].iloc[0] or "does not exist" in skipped["error"].iloc[0]
     s = run.summary.set_index("cell")
-    assert s.loc["cpu/shots=20/full_finetune/eager", "n_seeds"] == 1
-    assert s.loc["cuda:7/shots=20/full_finetune/eager", "skipped"]
+    assert s.loc["cpu/digits/small_cnn/shots=20/full_finetune/eager", "n_seeds"] == 1
+    assert s.loc["cuda:7/digits/small_cnn/shots=20/full_finetune/eager", "skipped"]
     assert "skipped: " in (run.run_dir / "report.md").read_text()
 
 
