@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the study's, eager)")
     st.add_argument("--strategies", metavar="LIST", type=_labels,
                     help="comma-separated strategies to compare (default: the study's)")
+    st.add_argument("--models", metavar="LIST", type=_labels,
+                    help="comma-separated backbones, a grid axis (see `list models`; default: the study's)")
+    st.add_argument("--datasets", metavar="LIST", type=_labels,
+                    help="comma-separated datasets with the study's classes, a grid axis "
+                         "(see `list datasets`; default: the study's)")
     st.add_argument("--sampler", choices=["tpe", "random", "grid"],
                     help="Optuna sampler (default: the study's, tpe); grid needs the study's grid")
     st.add_argument("--pruner", choices=["median", "hyperband", "none"],
@@ -140,7 +145,7 @@ def cmd_list(kind: str) -> int:
 
 
 _OVERRIDES = ("trials", "seeds", "epochs", "devices", "executions", "strategies", "sampler", "pruner",
-              "objectives")
+              "objectives", "models", "datasets")
 
 
 def cmd_study(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@ import dataclasses
 
 import optuna
 import pytest
+import torch
 
 from harness.spec import StudySpec
 from harness.sweep import redact_url, run_study, startup_trials
@@ -191,3 +192,85 @@ def test_pareto_front_of_the_summary():
                        "device": "cpu", "budget": "10"})
     assert pareto_front(df, ["acc", "sps"], by=["device", "budget"]).tolist() == [
         True, True, False, True, False]
+
+
+class _MemoryHog(torch.nn.Module):
+    """A backbone whose forward asks the allocator for 4 EiB: a real out-of-memory error."""
+
+    def forward(self, x):
+        if x.device.type == "meta":  # FLOP counting runs on a meta copy, where nothing allocates
+            return x.new_empty(x.shape[0], 4)
+        return x.new_empty(2**62, dtype=torch.uint8)
+
+
+def _memory_hog(in_channels: int, num_classes: int):
+    from collections import OrderedDict
+
+    return torch.nn.Sequential(OrderedDict(body=torch.nn.Sequential(torch.nn.Flatten(), _MemoryHog()),
+                                           head=torch.nn.Linear(4, num_classes)))
+
+
+def test_an_out_of_memory_trial_is_a_failed_row_and_the_study_goes_on(tmp_path, monkeypatch):
+    from harness.registry import MODELS
+
+    MODELS.names()  # discover the registered models first
+    monkeypatch.setitem(MODELS._entries, "memory_hog", _memory_hog)
+    spec = _spec(models=("memory_hog", "small_cnn"), trials=2, seeds=1, epochs=1)
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    trials = load(run.run_dir).trials
+    hog = trials[(trials["model"] == "memory_hog") & (trials["stage"] == "search")]
+    assert (hog["status"] == "failed").all() and len(hog) == 2
+    assert hog["error"].str.contains("allocate").all()
+    hog_final = trials[(trials["model"] == "memory_hog") & (trials["stage"] == "final")]
+    assert hog_final["error"].tolist() == ["no search trial of the cell completed"]
+    ok = trials[trials["model"] == "small_cnn"]
+    assert (ok["status"] == "ok").all() and len(ok) == 3
+
+
+def test_a_worker_pinned_to_a_device_serves_only_cells_of_its_kind():
+    from harness.runs import Cell, _serves
+
+    def cell(device):
+        return Cell(device, "digits", "small_cnn", 20, "full_finetune", "eager")
+
+    assert _serves(cell("cuda"), "cuda:1") and _serves(cell("cuda:1"), "cuda:1")
+    assert not _serves(cell("cuda:0"), "cuda:1") and not _serves(cell("cpu"), "cuda:1")
+    assert _serves(cell("cpu"), None) and not _serves(Cell("cpu", "d", "m", 1, "s", "e", "no"), None)
+
+
+def test_weights_from_a_file_start_every_trial_with_a_fresh_head(tmp_path):
+    from harness.data import load_task
+    from harness.models import build_model
+    from harness.spec import TrialConfig
+    from harness.sweep import backbone_weights
+    from harness.trial import TrialContext, build_trial_model
+
+    torch.manual_seed(5)
+    saved = build_model("resnet_small", 1, 10).state_dict()
+    torch.save(saved, tmp_path / "w.pt")
+    task = load_task("digits", (0, 1, 2), 20)
+    state = backbone_weights("resnet_small", str(tmp_path / "w.pt"), task.input_shape)
+    cfg = TrialConfig("t", "c", "search", 0, 0, "full_finetune", {}, "digits", (0, 1, 2), 20,
+                      model="resnet_small")
+    model = build_trial_model(cfg, TrialContext("r", task, state))
+    got = model.state_dict()
+    for k, v in saved.items():
+        if not k.startswith("head."):
+            assert torch.equal(got[k], v), k
+    assert got["head.weight"].shape == (3, saved["head.weight"].shape[1])
+
+    spec = _spec(model="resnet_small", weights=str(tmp_path / "w.pt"), trials=1, seeds=1, epochs=1)
+    trials = load(run_study(spec, out_root=tmp_path / "runs", progress=False).run_dir).trials
+    assert (trials["status"] == "ok").all()
+
+
+def test_the_dataloader_path_and_ood_sets_in_a_study(tmp_path):
+    spec = _spec(loader="dataloader", loader_workers=0, ood=("rotate:30", "noise:0.5"),
+                 trials=1, seeds=2, epochs=2)
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    tables = load(run.run_dir)
+    final = tables.trials[tables.trials["stage"] == "final"]
+    assert final["ood_accuracy:rotate:30"].between(0, 1).all()
+    assert final["ood_accuracy:noise:0.5"].between(0, 1).all()
+    m = tables.measurements
+    assert set(m[m["split"].str.startswith("ood:")]["stage"]) == {"final"}
