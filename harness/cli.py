@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--resume", metavar="RUN_DIR",
                     help="finish the run in RUN_DIR whose process was killed: completed trials are "
                          "kept, interrupted ones re-run; pass --storage too if the run used one")
+    st.add_argument("--check", action="store_true",
+                    help="exit 1 unless every claim of the study's paper passes (see claims.csv)")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
 
     wk = sub.add_parser(
@@ -165,6 +167,18 @@ def cmd_study(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(summary_view(run.summary)))
     print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots and report.md in {run.run_dir}")
+    if run.claims is not None and len(run.claims):
+        from harness.claims import claims_view
+
+        print("\nclaims:\n" + markdown_table(claims_view(run.claims)))
+    if args.check:
+        if run.claims is None or not len(run.claims):
+            raise UserError(f"--check: study {args.name!r} declares no claims to check.")
+        failed = run.claims[run.claims["verdict"] != "pass"]
+        if len(failed):
+            print(f"\n--check: {len(failed)} of {len(run.claims)} claims did not pass: "
+                  f"{', '.join(failed['claim'])}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from harness._io import atomic_write_text
 from harness.backbones import load_backbone_weights
+from harness.claims import evaluate_claims, write_claims
 from harness.data import load_task
 from harness.errors import UserError
 from harness.execution import parse_execution
@@ -54,7 +55,7 @@ from harness.runs import (
     worker_id,
 )
 from harness.spec import StudySpec, TrialConfig, budget_label, device_problem, resolve_device
-from harness.tables import Measurement, measurements_frame, summarize, write_csv
+from harness.tables import Measurement, load, measurements_frame, summarize, write_csv
 from harness.trial import TrialContext, TrialResult, failed_trial, run_trial
 
 __all__ = ["FINAL_SEEDS", "SEARCH_SEED", "StudyRun", "redact_url", "resume_study", "run_study",
@@ -71,6 +72,7 @@ class StudyRun:
     run_dir: Path
     summary: pd.DataFrame
     seconds: float
+    claims: pd.DataFrame | None = None  # the study's papers' claims checked, when it has any
 
 
 def startup_trials(trials: int) -> int:
@@ -405,6 +407,9 @@ def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, sec
     write_csv(run_dir / "measurements.csv", measurements)
     write_csv(run_dir / "trials.csv", trials)
     write_csv(run_dir / "summary.csv", summary)
+    claims = evaluate_claims(plan.spec.name, load(run_dir))
+    if len(claims):
+        write_claims(run_dir, claims)
     plots.write_all(run_dir, measurements, summary)
     report.write_markdown(run_dir, spec_dict, env, summary, measurements, seconds)
-    return StudyRun(run_dir, summary, seconds)
+    return StudyRun(run_dir, summary, seconds, claims)
