@@ -156,8 +156,11 @@ def plan_run(storage, spec: StudySpec, run_id: str, pretrain_records=()) -> RunP
                 # no fixed parameters: the sampler (grid ids included) decides when it runs
                 search.add_trial(create_trial(state=TrialState.WAITING))
         final = optuna.create_study(storage=storage, study_name=plan.final_name(cell))
-        for i in range(spec.seeds):
-            final.add_trial(create_trial(state=TrialState.WAITING, user_attrs={"final_index": i}))
+        configs = range(search_trials(spec, cell.strategy)) if spec.rerun == "all" else [None]
+        for j in configs:  # None: the best search config, known once the search is done
+            for i in range(spec.seeds):
+                attrs = {"final_index": i} | ({} if j is None else {"search_trial": j})
+                final.add_trial(create_trial(state=TrialState.WAITING, user_attrs=attrs))
     # the manifest last: a worker that finds it finds every queue complete
     manifest.set_user_attr(MANIFEST, {
         "spec": spec.to_dict(), "run_id": run_id,
@@ -318,10 +321,13 @@ def run_trials(storage, plan: RunPlan, runner: Runner, make_study, device: str |
             on_done()
 
 
-def best_config(storage, plan: RunPlan, cell: Cell) -> dict[str, Any] | None:
+def best_config(storage, plan: RunPlan, cell: Cell, number: int | None = None) -> dict[str, Any] | None:
     """The hyperparameters of the cell's best search trial (the most accurate of the Pareto
-    front for multi-objective studies), or None when no trial completed."""
+    front for multi-objective studies), or of search trial ``number``; None when that trial
+    (or every trial) did not complete."""
     done = _trials(storage, plan.search_name(cell), states=(TrialState.COMPLETE,))
+    if number is not None:
+        done = [t for t in done if t.number == number]
     if not done:
         return None
     best = max(done, key=lambda t: (t.values[0], -t.number))

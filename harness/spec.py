@@ -102,6 +102,9 @@ class StudySpec:
     batch_size: int = 64
     trials: int = 8  # Optuna trials per cell, the same for every strategy
     seeds: int = 3  # re-runs of each cell's best config, for the test-accuracy CI
+    # "best": re-run the best search config with ``seeds`` seeds; "all": re-run every search
+    # config (a grid, say) with them, for claims about how results vary with a hyperparameter
+    rerun: str = "best"
     # a grid axis; a device this machine lacks makes skipped cells with the reason
     devices: tuple[str, ...] = ("cpu",)
     # grid axes over several datasets (same classes) or backbones; empty: just dataset / model
@@ -225,6 +228,8 @@ class StudySpec:
                 or not 0 < self.target_accuracy <= 1):
             raise UserError(f"target_accuracy must be a fraction in (0, 1], but got "
                             f"{self.target_accuracy!r}.")
+        if self.rerun not in ("best", "all"):
+            raise UserError(f"rerun must be 'best' or 'all', but got {self.rerun!r}.")
         if self.pruner not in PRUNERS:
             raise UserError(f"pruner must be one of {PRUNERS}, but got {self.pruner!r}.")
         if self.sampler not in SAMPLERS:
@@ -300,7 +305,7 @@ _SPEC_TYPES = {
     "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
     "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
-    "ood": "strs", "loader": str, "loader_workers": int, "objectives": "strs",
+    "ood": "strs", "loader": str, "loader_workers": int, "objectives": "strs", "rerun": str,
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,

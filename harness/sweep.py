@@ -226,11 +226,16 @@ class _Worker:
         else:
             cfg = replace(template, stage="final", trial=trial.number,
                           seed=FINAL_SEEDS + trial.user_attrs["final_index"])
-            hp = best_config(storage, self.plan, cell)
+            of = trial.user_attrs.get("search_trial")  # rerun="all": that config, not the best
+            hp = best_config(storage, self.plan, cell, of)
             res = (run_trial(replace(cfg, hp=hp), ctx) if hp is not None else
-                   failed_trial(cfg, ctx, "no search trial of the cell completed"))
+                   failed_trial(cfg, ctx, "no search trial of the cell completed" if of is None
+                                else f"search trial {of} did not complete"))
+        row = _trial_row(res) | {"worker": worker_id()}
+        if stage == "final" and trial.user_attrs.get("search_trial") is not None:
+            row["search_trial"] = trial.user_attrs["search_trial"]
         trial.set_user_attr(RECORDS, [list(astuple(r)) for r in res.records])
-        trial.set_user_attr(ROW, _trial_row(res) | {"worker": worker_id()})
+        trial.set_user_attr(ROW, row)
         if res.error:
             trial.set_user_attr("error", res.error)
         self.bar.set_postfix_str(f"{cell.id} {res.status} val={res.val_accuracy:.3f}")

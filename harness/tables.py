@@ -155,6 +155,18 @@ def _phase_weighted(m: pd.DataFrame, metric: str) -> float:
     return float(per_run.median())
 
 
+def _best_finals(final: pd.DataFrame, search: pd.DataFrame) -> pd.DataFrame:
+    """The re-runs of the best search config: all re-runs, unless the study re-ran every config
+    (``rerun="all"``, a ``search_trial`` column), then those of the most accurate search trial."""
+    if "search_trial" not in final or final["search_trial"].isna().all():
+        return final
+    ok = search[search["status"] == "ok"]
+    if ok.empty:
+        return final.iloc[0:0]
+    best = ok.sort_values(["val_accuracy", "trial"], ascending=[False, True])["trial"].iloc[0]
+    return final[final["search_trial"] == best]
+
+
 def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: test accuracy over the final seeds (mean, 95% CI), speed and memory."""
     rows = []
@@ -163,9 +175,9 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     m = measurements[(measurements["stage"] == "final") & (measurements["status"] == "ok")]
     for cell, g in trials.groupby("cell", sort=False):
         search = g[g["stage"] == "search"]
-        final = g[(g["stage"] == "final") & (g["status"] == "ok")]
+        final = _best_finals(g[(g["stage"] == "final") & (g["status"] == "ok")], search)
         mean, half, n = mean_ci95(final["test_accuracy"])
-        mc = m[m["cell"] == cell]
+        mc = m[(m["cell"] == cell) & m["trial"].isin(final["trial"])]
         speed = mc[(mc["metric"] == "samples_per_s") & (mc["phase"] == "all")]["value"]
         peak = mc[mc["metric"].isin(["peak_cpu_rss_increase", "peak_cuda_allocated_increase",
                                      "peak_cpu_rss_process_lifetime_increase"])
