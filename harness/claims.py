@@ -9,7 +9,8 @@ A study that reproduces a paper registers its claims beside its spec::
 A check reads :class:`~harness.tables.RunTables` only (never models) and returns a
 :class:`Verdict`. ``passed`` is None when the run cannot decide (a cell failed, one seed):
 such a claim is reported as undetermined and counts as a failure for ``--check``, because
-a claim nobody could test has not been reproduced.
+a claim nobody could test has not been reproduced. A claim about another setting (a GPU speedup
+on a CPU-only run) is "not applicable" and does not count.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Verdict:
     unit: str  # "points", "x", "fraction", ...
     passed: bool | None  # None: the run cannot decide
     detail: str = ""
+    applicable: bool = True  # False: the claim is about another setting (a GPU claim on a CPU run)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ def evaluate_claims(study: str, tables) -> pd.DataFrame:
         except Exception as e:  # noqa: BLE001 - a check that cannot run is undetermined, said why
             v = Verdict(float("nan"), float("nan"), float("nan"), "", None,
                         f"{type(e).__name__}: {e}")
-        verdict = {True: "pass", False: "fail", None: "undetermined"}[v.passed]
+        verdict = ({True: "pass", False: "fail", None: "undetermined"}[v.passed] if v.applicable
+                   else "not applicable")
         rows.append([claim.name, claim.source, claim.statement, v.effect, v.low, v.high, v.unit,
                      verdict, v.detail])
     return pd.DataFrame(rows, columns=cols)

@@ -174,7 +174,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.check:
         if run.claims is None or not len(run.claims):
             raise UserError(f"--check: study {args.name!r} declares no claims to check.")
-        failed = run.claims[run.claims["verdict"] != "pass"]
+        failed = run.claims[~run.claims["verdict"].isin(["pass", "not applicable"])]
         if len(failed):
             print(f"\n--check: {len(failed)} of {len(run.claims)} claims did not pass: "
                   f"{', '.join(failed['claim'])}", file=sys.stderr)
