@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="run a study: Optuna search per cell, seeded re-runs, tables, plot, report",
         description="Run a study: for every cell (label budget x strategy) an Optuna search with "
                     "the same trial budget selects on validation accuracy; the best config is "
-                    "re-run with several seeds and its test accuracy reported as mean and 95%% CI.",
+                    "re-run with several seeds and its test accuracy reported as mean and 95% CI.",
     )
     st.add_argument("name", help="a registered study (see `list studies`) or a path to a .toml study file")
     st.add_argument("--trials", type=_positive_int,
@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--wait", metavar="SECONDS", type=float, default=0.0,
                     help="wait this long for the run to appear in the storage (default: 0)")
     wk.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from harness import compare
+
+    compare.add_parser(sub)
 
     ls = sub.add_parser("list", help="list registered strategies, datasets, models or studies",
                         description="List a registry's entries with a one-line description each.")
@@ -204,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "worker":
             return cmd_worker(args)
+        if args.command == "compare":
+            from harness import compare
+
+            return compare.main(args)
         return cmd_study(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
