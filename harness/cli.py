@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wait this long for the run to appear in the storage (default: 0)")
     wk.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from harness import compare
+    from harness import compare, report
 
     compare.add_parser(sub)
+    report.add_parser(sub)
 
     ls = sub.add_parser("list", help="list registered strategies, datasets, models or studies",
                         description="List a registry's entries with a one-line description each.")
@@ -170,7 +171,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
     print()
     print(markdown_table(summary_view(run.summary)))
-    print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots and report.md in {run.run_dir}")
+    print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots, report.md and "
+          f"report.html in {run.run_dir}")
     if run.claims is not None and len(run.claims):
         from harness.claims import claims_view
 
@@ -212,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from harness import compare
 
             return compare.main(args)
+        if args.command == "report":
+            from harness import report
+
+            return report.main(args)
         return cmd_study(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

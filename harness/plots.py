@@ -1,65 +1,118 @@
-"""Seaborn figures drawn from the tables alone (never from models)."""
+"""The run's figures, drawn from its tables alone (never from models), each as PNG and SVG.
+
+A figure is a function ``draw(run: RunTables) -> matplotlib Figure`` registered with
+``@figure`` (in ``harness/figures.py``); one with nothing to draw raises :class:`NoData` with
+the reason, and :func:`draw_all` turns that into an omitted :class:`Plot` the report names, so
+a run with skipped or failed cells, one seed or NaNs still gets every other figure.
+
+>>> plots = draw_all(run_dir, harness.load(run_dir))   # doctest: +SKIP
+>>> {p.name: p.omitted for p in plots if p.omitted}   # doctest: +SKIP
+{'execution_speedup': 'the run has one execution (eager); nothing to compare'}
+"""
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
-import pandas as pd
+import numpy as np
 import seaborn as sns
 
 from harness._io import atomic_write_bytes
+from harness.tables import RunTables
 
-__all__ = ["accuracy_vs_throughput", "learning_curves", "write_all"]
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+__all__ = ["FIGURES", "NoData", "Plot", "draw_all", "figure"]
 
 
-def accuracy_vs_throughput(summary: pd.DataFrame) -> plt.Figure:
-    """Test accuracy (mean, 95% CI over seeds) against steady-state training samples/s."""
-    df = summary.dropna(subset=["test_acc_mean", "samples_per_s"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=df, x="samples_per_s", y="test_acc_mean", hue="strategy", style="budget",
-                    s=90, ax=ax, zorder=3)
-    ax.errorbar(df["samples_per_s"], df["test_acc_mean"], yerr=df["test_acc_ci95"].fillna(0),
-                fmt="none", ecolor="0.4", capsize=3, zorder=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training throughput, steady state (samples/s, log scale)")
-    ax.set_ylabel("test accuracy (mean, 95% CI over seeds)")
-    ax.set_title("Accuracy vs training speed per strategy and label budget (shots per class)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0)
-    return fig
+class NoData(Exception):  # a reason, not an error: like optuna.TrialPruned
+    """A figure has nothing to draw; the message says why (it goes into the report)."""
 
 
-def learning_curves(measurements: pd.DataFrame) -> plt.Figure:
-    """Validation accuracy per epoch of the final runs, one panel per budget."""
-    df = measurements[(measurements["stage"] == "final") & (measurements["split"] == "val")
-                      & (measurements["metric"] == "accuracy") & measurements["epoch"].notna()]
-    g = sns.relplot(data=df.astype({"epoch": int}), x="epoch", y="value", hue="strategy",
-                    col="budget", kind="line", errorbar=("ci", 95), height=3.2, aspect=1.1)
-    g.set_axis_labels("epoch", "validation accuracy")
-    g.figure.suptitle("Learning curves of the final runs (mean, 95% CI over seeds)", y=1.04)
-    return g.figure
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    title: str
+    caption: str
+    draw: Callable[[RunTables], plt.Figure]
 
 
-def write_all(run_dir: str | Path, measurements: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
-    """Write every figure as PNG into ``run_dir/plots``; returns the paths."""
-    out = Path(run_dir) / "plots"
-    paths = []
-    for name, make, data in (("accuracy_vs_throughput", accuracy_vs_throughput, summary),
-                             ("learning_curves", learning_curves, measurements)):
-        path = out / f"{name}.png"
-        _save(make(data), path)
-        paths.append(path)
+@dataclass(frozen=True)
+class Plot:
+    """A figure written (``png`` and ``svg`` set) or omitted (``omitted`` says why)."""
+
+    name: str
+    title: str
+    caption: str
+    png: Path | None = None
+    svg: Path | None = None
+    omitted: str = ""
+
+
+FIGURES: dict[str, Figure] = {}  # in the report's order; filled by importing harness.figures
+
+
+def figure(name: str, title: str, caption: str):
+    """Register ``draw`` as the figure ``name``, saved as ``plots/<name>.png`` and ``.svg``."""
+    def register(draw: Callable[[RunTables], plt.Figure]):
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is registered twice; pick another name.")
+        FIGURES[name] = Figure(name, title, caption, draw)
+        return draw
+    return register
+
+
+def _save(fig: plt.Figure, base: Path) -> tuple[Path, Path]:
+    paths = base.with_suffix(".png"), base.with_suffix(".svg")
+    for path in paths:
+        buf = io.BytesIO()
+        meta = {"Date": None} if path.suffix == ".svg" else {}  # same tables, same bytes
+        fig.savefig(buf, format=path.suffix[1:], dpi=110, bbox_inches="tight", metadata=meta)
+        atomic_write_bytes(path, buf.getvalue())
     return paths
+
+
+def _draw(f: Figure, run: RunTables, base: Path) -> Plot:
+    before, rng = set(plt.get_fignums()), np.random.get_state()
+    np.random.seed(0)  # seaborn's strip-plot jitter draws from the global generator
+    try:
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), \
+                plt.rc_context({"svg.hashsalt": f.name, "svg.fonttype": "path"}):
+            png, svg = _save(f.draw(run), base)
+        return Plot(f.name, f.title, f.caption, png, svg)
+    except NoData as e:
+        return Plot(f.name, f.title, f.caption, omitted=str(e))
+    except Exception as e:  # noqa: BLE001 - a figure's bug must not cost a finished run its report
+        warnings.warn(f"figure {f.name!r} failed: {type(e).__name__}: {e}", stacklevel=3)
+        return Plot(f.name, f.title, f.caption,
+                    omitted=f"drawing it failed ({type(e).__name__}: {e})")
+    finally:
+        np.random.set_state(rng)
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+
+
+def draw_all(run_dir: str | Path, run: RunTables) -> list[Plot]:
+    """Write every figure into ``run_dir/plots`` as PNG and SVG; an omitted one says why.
+
+    A figure that fails for a reason of its own is omitted too (with the error and a warning),
+    so a finished run always gets its report; an omitted figure's old files are removed, so
+    the folder never shows a plot of an earlier version of the tables.
+    """
+    import harness.figures  # noqa: F401 - registers the figures on first use
+
+    out = Path(run_dir) / "plots"
+    plots = []
+    for f in FIGURES.values():
+        plot = _draw(f, run, out / f.name)
+        if plot.omitted:
+            for suffix in (".png", ".svg"):
+                (out / f.name).with_suffix(suffix).unlink(missing_ok=True)
+        plots.append(plot)
+    return plots

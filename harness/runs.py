@@ -212,14 +212,18 @@ def _trials(storage, name: str, states=None) -> list[optuna.trial.FrozenTrial]:
     return storage.get_all_trials(sid, deepcopy=False, states=states)
 
 
-def pop_trial(storage, study: optuna.Study) -> optuna.Trial | None:
+def pop_trial(storage, study: optuna.Study,
+              prepare: Callable[[optuna.Study, int], None] | None = None) -> optuna.Trial | None:
     """Take one WAITING trial of ``study`` for this process, or None when none is left.
 
-    The storage's WAITING -> RUNNING transition succeeds for one process only.
+    The storage's WAITING -> RUNNING transition succeeds for one process only. ``prepare``
+    sees the study and the trial's number before the trial object (and its sampler) exists.
     """
     for t in _trials(storage, study.study_name, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                if prepare is not None:
+                    prepare(study, t.number)
                 return optuna.Trial(study, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -277,12 +281,12 @@ def _search_done(storage, plan: RunPlan, cell: Cell) -> bool:
     return not _trials(storage, plan.search_name(cell), states=_OPEN)
 
 
-def _next(storage, plan: RunPlan, cells, make_study) -> tuple[Cell, str, optuna.Study,
-                                                            optuna.Trial] | None:
+def _next(storage, plan: RunPlan, cells, make_study, prepare) -> tuple[Cell, str, optuna.Study,
+                                                                     optuna.Trial] | None:
     """Pop the next trial this process can run: searches first, then finals of finished searches."""
     for cell in cells:
         study = make_study(cell, "search")
-        trial = pop_trial(storage, study)
+        trial = pop_trial(storage, study, prepare and (lambda s, n, c=cell: prepare(c, s, n)))
         if trial is not None:
             return cell, "search", study, trial
     for cell in cells:
@@ -295,7 +299,8 @@ def _next(storage, plan: RunPlan, cells, make_study) -> tuple[Cell, str, optuna.
 
 
 def run_trials(storage, plan: RunPlan, runner: Runner, make_study, device: str | None = None,
-               poll_s: float = 0.5, on_done: Callable[[], None] | None = None) -> int:
+               poll_s: float = 0.5, on_done: Callable[[], None] | None = None,
+               prepare: Callable[[Cell, optuna.Study, int], None] | None = None) -> int:
     """Run the run's trials that this process can take until every served cell is finished.
 
     Waits (polling the storage) while other processes hold the last trials. Returns how many
@@ -304,7 +309,7 @@ def run_trials(storage, plan: RunPlan, runner: Runner, make_study, device: str |
     cells = [c for c in plan.cells if _serves(c, device)]
     ran = 0
     while True:
-        popped = _next(storage, plan, cells, make_study)
+        popped = _next(storage, plan, cells, make_study, prepare)
         if popped is None:
             if all(not _trials(storage, n, states=_OPEN) for c in cells
                    for n in (plan.search_name(c), plan.final_name(c))):

@@ -23,6 +23,7 @@ import time
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -106,15 +107,22 @@ class _PlannedGridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(spec: StudySpec, strategy: str) -> optuna.samplers.BaseSampler:
-    """The cell's sampler, seeded so that a study repeats its search."""
+def make_sampler(spec: StudySpec, strategy: str, trial: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler for search trial number ``trial`` of a cell.
+
+    Seeded by ``(sampler_seed, trial)``: trial n draws the same point whichever process runs
+    it, a resumed run does not repeat the points it already tried, and no two trials share
+    a random start-up point (a sampler seeded once per trial with one seed would give every
+    trial the same one).
+    """
+    seed = int(np.random.SeedSequence([spec.sampler_seed, trial]).generate_state(1)[0])
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "grid":
+        # the seed shuffles the grid, and trial n takes point n of it: one order for all trials
         grid = {k: list(v) for k, v in spec.grid[strategy].items()}
         return _PlannedGridSampler(grid, seed=spec.sampler_seed)
-    return optuna.samplers.TPESampler(seed=spec.sampler_seed,
-                                      n_startup_trials=startup_trials(spec.trials))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec.trials))
 
 
 def _make_run_dir(out_root: str | Path, study: str, run_id: str) -> Path:
@@ -188,6 +196,10 @@ class _Worker:
         return optuna.load_study(study_name=self.plan.search_name(cell), storage=storage,
                                  sampler=make_sampler(self.spec, cell.strategy),
                                  pruner=make_pruner(self.spec))
+
+    def seed_sampler(self, cell: Cell, study: optuna.Study, number: int) -> None:
+        """Give search trial ``number`` its own seeded sampler before it samples anything."""
+        study.sampler = make_sampler(self.spec, cell.strategy, number)
 
     def _context(self, device: str, cell: Cell) -> TrialContext:
         spec = self.spec
@@ -305,7 +317,8 @@ def _work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
     with fresh_compile_cache(compiles):
         try:
             return run_trials(storage, plan, lambda p, c, t, s: worker(storage, c, t, s),
-                              lambda c, s: worker.study(storage, c, s), device=device)
+                              lambda c, s: worker.study(storage, c, s), device=device,
+                              prepare=worker.seed_sampler)
         finally:
             worker.bar.close()
 
@@ -403,7 +416,7 @@ def run_worker(study: str, storage: str, device: str | None = None, run_id: str 
 
 def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float) -> StudyRun:
     """Write the tables, plots and report of a finished run, all from the storage."""
-    from harness import plots, report  # the last stages; imported here to keep the flow one-way
+    from harness import report  # the last stage; imported here to keep the flow one-way
 
     rows, trial_rows = collect(store, plan)
     measurements = measurements_frame(rows)
@@ -415,6 +428,5 @@ def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, sec
     claims = evaluate_claims(plan.spec.name, load(run_dir))
     if len(claims):
         write_claims(run_dir, claims)
-    plots.write_all(run_dir, measurements, summary)
-    report.write_markdown(run_dir, spec_dict, env, summary, measurements, seconds)
+    report.write_reports(run_dir, seconds)
     return StudyRun(run_dir, summary, seconds, claims)

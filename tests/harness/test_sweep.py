@@ -274,3 +274,14 @@ def test_the_dataloader_path_and_ood_sets_in_a_study(tmp_path):
     assert final["ood_accuracy:noise:0.5"].between(0, 1).all()
     m = tables.measurements
     assert set(m[m["split"].str.startswith("ood:")]["stage"]) == {"final"}
+
+
+def test_no_two_search_trials_draw_the_same_start_up_point(tmp_path):
+    """Each trial's sampler is seeded by (sampler_seed, trial number), so the random start-up
+    trials differ from each other and repeat exactly in another run."""
+    spec = _spec(trials=4, seeds=1, epochs=1)
+    params = []
+    for out in ("a", "b"):
+        t = load(run_study(spec, out_root=tmp_path / out, progress=False).run_dir).trials
+        params.append(t[t["stage"] == "search"]["params"].tolist())
+    assert len(set(params[0])) == 4 and params[0] == params[1]

@@ -1,0 +1,176 @@
+import argparse
+import re
+import shutil
+import subprocess
+import warnings
+
+import pytest
+
+from harness import plots, report
+from harness.plots import FIGURES, draw_all
+from harness.report import write_reports
+from harness.spec import StudySpec
+from harness.sweep import run_study
+from harness.tables import load
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny real run: LP-FT (two phases) and a linear probe x two executions, one device
+    missing (skipped cells), and the probe's only search trial invalid (failed cells)."""
+    spec = StudySpec(name="t", description="a tiny run for the report", dataset="digits",
+                     classes=(0, 1, 2), budgets=(20,), strategies=("lp_ft", "linear_probe"),
+                     devices=("cpu", "cuda:7"), executions=("eager", "eager+channels_last"),
+                     epochs=2, batch_size=8, trials=1, seeds=2, pruner="none",
+                     enqueue={"linear_probe": {"lr": 0.1, "weight_decay": 0.0}})  # 0: log scale
+    run = run_study(spec, out_root=tmp_path_factory.mktemp("runs"), progress=False)
+    if not (run.run_dir / "report.html").is_file():  # until the study's end writes it
+        write_reports(run.run_dir)
+    return run.run_dir
+
+
+def _drawn(run_dir):
+    """draw_all, answered from the figures the fixture drew (for tests about the text)."""
+    done = [plots.Plot(n, f.title, f.caption, run_dir / "plots" / f"{n}.png",
+                       run_dir / "plots" / f"{n}.svg") for n, f in FIGURES.items()]
+    return lambda *args: done
+
+
+def test_every_figure_is_drawn_as_png_and_svg_and_shown_in_both_reports(run_dir):
+    md = (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert len(FIGURES) == 6
+    for name in FIGURES:
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 5000
+        assert (run_dir / "plots" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+        assert f"](plots/{name}.png)" in md
+        assert FIGURES[name].title in html
+    assert "Omitted" not in md and "Omitted" not in html
+    assert html.count('src="data:image/svg+xml;base64,') == len(FIGURES)
+
+
+def test_the_reports_hold_the_axes_summary_with_reasons_executions_and_environment(run_dir):
+    run = load(run_dir)
+    for text in ((run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()):
+        assert "`cpu`, `cuda:7`" in text or "<code>cpu</code>, <code>cuda:7</code>" in text
+        assert "eager+channels_last" in text and "lp_ft" in text
+        assert text.count("skipped: ") == 4  # the reason, in each skipped cell's summary row
+        assert text.count("failed: no search trial of the cell completed") == 2
+        assert "ValueError in search_space" in text  # the failed trials' own errors
+        assert "Pareto" in text and "yes" in text
+        assert "speedup vs eager" in text  # two executions: the executions table
+        assert run.env["versions"]["torch"] in text and run.env["git_commit"] in text
+        assert run.env["run_id"] in text and "a tiny run for the report" in text
+
+
+def test_the_html_report_is_self_contained(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
+    assert "<link" not in html and "<script" not in html and "url(" not in html
+    assert '<tr class="skipped">' in html and '<td class="pareto">yes</td>' in html
+
+
+def test_write_reports_is_rerunnable_and_leaves_no_temporary_files(run_dir, monkeypatch):
+    figures = sorted((run_dir / "plots").iterdir())
+    before = {p: p.read_bytes() for p in figures}
+    md, html = write_reports(run_dir)
+    assert (md, html) == (run_dir / "report.md", run_dir / "report.html")
+    assert {p: p.read_bytes() for p in figures} == before  # seeded jitter and bootstrap, no dates
+    reports = md.read_text(), html.read_text()
+    monkeypatch.setattr(report, "draw_all", _drawn(run_dir))  # the same figures, drawn once
+    write_reports(run_dir)
+    assert (md.read_text(), html.read_text()) == reports
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_failing_render_leaves_the_previous_reports_intact(run_dir, monkeypatch):
+    old = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+
+    def broken(*args):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr("harness.report_html.render", broken)
+    monkeypatch.setattr(report, "draw_all", _drawn(run_dir))
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        write_reports(run_dir)
+    assert ((run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()) == old
+
+
+def test_figures_without_data_are_omitted_with_the_reason_and_their_old_files_removed(
+        run_dir, tmp_path):
+    one = tmp_path / "one_execution"
+    shutil.copytree(run_dir, one)
+    run = load(one)
+    keep = run.measurements["execution"] == "eager"
+    run.measurements[keep].to_csv(one / "measurements.csv", index=False)
+    md, html = write_reports(one)
+    assert not (one / "plots" / "execution_speedup.png").exists()
+    assert not (one / "plots" / "execution_speedup.svg").exists()
+    assert "*Omitted: the run has final runs of one execution (eager)" in md.read_text()
+    assert "Omitted: the run has final runs of one execution" in html.read_text()
+
+
+def test_every_figure_survives_a_run_with_no_successful_trial(run_dir, tmp_path):
+    """All trials failed or skipped, NaN everywhere: every figure is omitted, none crashes."""
+    run = load(run_dir)
+    trials = run.trials.assign(status=run.trials["status"].where(
+        run.trials["status"] == "skipped", "failed"), val_accuracy=float("nan"),
+        test_accuracy=float("nan"))
+    m = run.measurements.assign(status="failed")
+    s = run.summary.assign(test_acc_mean=float("nan"), test_acc_ci95=float("nan"),
+                           samples_per_s=float("nan"), pareto=False)
+    broken = type(run)(m, trials, s, run.env, run.spec)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="figure .* failed")  # a figure's own crash
+        result = {p.name: p for p in draw_all(tmp_path, broken)}
+    assert set(result) == set(FIGURES)
+    drawn = {n for n, p in result.items() if not p.omitted}
+    assert drawn == {"optimisation_history"}  # failed trials, marked as such
+    for p in result.values():
+        assert p.omitted or p.png.is_file()
+
+
+def test_a_figure_that_crashes_is_omitted_with_its_error_and_the_report_still_written(
+        run_dir, tmp_path, monkeypatch):
+    def crash(run):
+        raise KeyError("no_such_column")
+
+    import harness.figures  # noqa: F401 - registers the real figures first
+
+    monkeypatch.setattr(plots, "FIGURES", {
+        "peak_memory": plots.Figure("peak_memory", "Peak", "c", crash),
+        "accuracy_heatmap": FIGURES["accuracy_heatmap"]})
+    with pytest.warns(UserWarning, match="peak_memory"):
+        result = {p.name: p for p in draw_all(tmp_path, load(run_dir))}
+    assert result["peak_memory"].omitted == "drawing it failed (KeyError: 'no_such_column')"
+    assert not result["accuracy_heatmap"].omitted
+
+
+def test_the_report_subcommand_rewrites_the_reports_and_rejects_a_folder_without_tables(
+        run_dir, tmp_path, capsys, monkeypatch):
+    from harness.errors import UserError
+
+    monkeypatch.setattr(report, "draw_all", _drawn(run_dir))
+    parser = argparse.ArgumentParser()
+    report.add_parser(parser.add_subparsers(dest="command"))
+    (run_dir / "report.html").unlink()
+    assert report.main(parser.parse_args(["report", str(run_dir)])) == 0
+    assert (run_dir / "report.html").is_file() and "report.html" in capsys.readouterr().out
+    with pytest.raises(UserError, match="lacks measurements.csv"):
+        report.main(parser.parse_args(["report", str(tmp_path)]))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not installed (apt-get install chromium) to render the page")
+def test_chromium_renders_the_html_report(run_dir, tmp_path):
+    shot = tmp_path / "report.png"
+    res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--screenshot={shot}", "--window-size=1280,3000",
+                          (run_dir / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 3000)
+    assert len(set(image.resize((64, 150)).tobytes())) > 20  # text and figures, not a blank page
