@@ -5,7 +5,7 @@ reads a finished run's tables back as pandas.
 """
 
 from harness.errors import UserError
-from harness.tables import load
+from harness.results import load
 
 __all__ = ["UserError", "load"]
 __version__ = "0.1.0"

@@ -167,7 +167,12 @@ def cmd_study(args: argparse.Namespace) -> int:
                             f"{', '.join('--' + k for k in overrides)}.")
         run = resume_study(args.resume, storage=args.storage, progress=not args.quiet)
     else:
-        spec = dataclasses.replace(load_study(args.name), **overrides)
+        spec = load_study(args.name)
+        if "strategies" in overrides:  # a study's fixed configs of strategies left out go too
+            keep = set(overrides["strategies"])
+            overrides["enqueue"] = {k: v for k, v in spec.enqueue.items() if k in keep}
+            overrides["grid"] = {k: v for k, v in spec.grid.items() if k in keep}
+        spec = dataclasses.replace(spec, **overrides)
         run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
     print()
     print(markdown_table(summary_view(run.summary)))

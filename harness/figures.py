@@ -171,7 +171,7 @@ def accuracy_heatmap(run: RunTables) -> plt.Figure:
     s = run.summary.copy()
     if s.empty or s["test_acc_mean"].isna().all():
         raise NoData("no cell measured a test accuracy")
-    s["skipped"] = s["skipped"].fillna("")
+    s["skipped"] = s["skipped"].astype(object).where(s["skipped"].notna(), "")
     cols = _label(s, ("dataset", "device", "model", "budget", "execution"))
     s["column"] = (cols if cols is not None else s["dataset"].astype(str)).str.replace(" / ", "\n")
     s["acc"] = 100 * s["test_acc_mean"]

@@ -107,14 +107,19 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _text_col(col: pd.Series) -> pd.Series:
+    """A text column read back from CSV, where an empty string came back as NaN (float)."""
+    return col.astype(object).where(col.notna(), "").astype(str)
+
+
 def _names(values, code: bool = True) -> str:
-    values = ["all" if v is None else str(v) for v in values]
+    values = ["all" if v is None else str(v) for v in (values if values is not None else [None])]
     return ", ".join(f"`{v}`" if code else v for v in values) or "none"
 
 
 def _axes(run: RunTables, seconds: float | None) -> pd.DataFrame:
     spec, env, s = run.spec, run.env, run.summary
-    skipped = int(s["skipped"].fillna("").astype(str).ne("").sum()) if len(s) else 0
+    skipped = int(_text_col(s["skipped"]).ne("").sum()) if len(s) else 0
     used = f"; this machine: `{env.get('device')}` ({env.get('device_name')})"
     if seconds is not None:
         took = f"wall time {seconds:.0f} s"
@@ -226,7 +231,7 @@ def sections(run: RunTables, plots: list[Plot], seconds: float | None = None,
              claims: pd.DataFrame | None = None) -> list[Section]:
     """The report's content, in order, for both renderers."""
     s = run.summary
-    best = s[s["skipped"].fillna("").astype(str) == ""] if len(s) else s
+    best = s[_text_col(s["skipped"]) == ""] if len(s) else s
     best = best[[*_varying(s, ("device", "dataset", "model")), "budget", "strategy", "execution",
                  "best_params"]]
     omitted = [p for p in plots if p.omitted]

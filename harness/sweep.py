@@ -40,6 +40,7 @@ from harness.measure import environment
 from harness.models import build_model
 from harness.pretrain import Pretrained, pretrained_backbone, recipe_key
 from harness.registry import STRATEGIES
+from harness.results import load, write_tables
 from harness.runs import (
     RECORDS,
     ROW,
@@ -56,7 +57,7 @@ from harness.runs import (
     worker_id,
 )
 from harness.spec import StudySpec, TrialConfig, budget_label, device_problem, resolve_device
-from harness.tables import Measurement, load, measurements_frame, summarize, write_csv
+from harness.tables import Measurement, measurements_frame, summarize
 from harness.trial import TrialContext, TrialResult, failed_trial, run_trial
 
 __all__ = ["FINAL_SEEDS", "SEARCH_SEED", "StudyRun", "redact_url", "resume_study", "run_study",
@@ -422,9 +423,7 @@ def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, sec
     measurements = measurements_frame(rows)
     trials = pd.DataFrame(trial_rows)
     summary = summarize(measurements, trials)
-    write_csv(run_dir / "measurements.csv", measurements)
-    write_csv(run_dir / "trials.csv", trials)
-    write_csv(run_dir / "summary.csv", summary)
+    write_tables(run_dir, measurements, trials, summary)
     claims = evaluate_claims(plan.spec.name, load(run_dir))
     if len(claims):
         write_claims(run_dir, claims)

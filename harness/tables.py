@@ -28,14 +28,13 @@ status     ``ok``, ``pruned`` or ``failed`` (the trial's)
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from harness._io import atomic_write_bytes, atomic_write_text
+from harness.results import RunTables, load
 
 __all__ = [
     "COLUMNS",
@@ -82,40 +81,6 @@ def measurements_frame(rows: list[Measurement]) -> pd.DataFrame:
     df = pd.DataFrame([asdict(r) for r in rows], columns=list(COLUMNS))
     df["epoch"] = df["epoch"].astype("Int64")
     return df
-
-
-@dataclass(frozen=True)
-class RunTables:
-    """A run read back: the tidy table, the trials and summary tables, the environment and spec."""
-
-    measurements: pd.DataFrame
-    trials: pd.DataFrame
-    summary: pd.DataFrame
-    env: dict[str, Any]
-    spec: dict[str, Any]
-
-
-def load(run_dir: str | Path) -> RunTables:
-    """Read the tables a study wrote into ``run_dir``.
-
-    >>> run = load("results/finetune_vs_probe/20261128-201700-ab12")   # doctest: +SKIP
-    >>> run.measurements.query("metric == 'accuracy' and split == 'test'")   # doctest: +SKIP
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "measurements.csv").exists():
-        from harness.errors import UserError
-
-        raise UserError(f"{str(run_dir)!r} holds no measurements.csv; pass a run folder "
-                        "such as results/finetune_vs_probe/<run_id>.")
-    m = pd.read_csv(run_dir / "measurements.csv", dtype={"budget": str})
-    m["epoch"] = m["epoch"].astype("Int64")
-    return RunTables(
-        measurements=m,
-        trials=pd.read_csv(run_dir / "trials.csv", dtype={"budget": str}),
-        summary=pd.read_csv(run_dir / "summary.csv", dtype={"budget": str}),
-        env=json.loads((run_dir / "env.json").read_text()),
-        spec=json.loads((run_dir / "spec.json").read_text()),
-    )
 
 
 def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
