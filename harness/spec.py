@@ -43,6 +43,10 @@ class PretrainRecipe:
     lr: float = 0.05
     weight_decay: float = 5e-4
     seed: int = 0
+    # random augmentation of the source training split, e.g. ("rotate:45",): one copy of the
+    # split per epoch, each example rotated by its own angle uniform in [-45, 45] degrees, trained
+    # as one shuffled pass (harness.pretrain); empty: none, and the cache key is unchanged
+    augment: tuple[str, ...] = ()
 
 
 _POSITIVE = "positive"
@@ -193,6 +197,9 @@ class StudySpec:
             if not isinstance(self.pretrain, PretrainRecipe):
                 raise UserError(f"pretrain must be a table of PretrainRecipe fields, but got {self.pretrain!r}.")
             _check_types(self.pretrain, _RECIPE_TYPES, "pretrain")
+            from harness.pretrain import parse_augment
+
+            parse_augment(self.pretrain.augment)
         for strategy in self.strategies:
             STRATEGIES.get(strategy)
         from harness.data import parse_dataset
@@ -309,7 +316,7 @@ _SPEC_TYPES = {
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
-    "batch_size": _POSITIVE, "lr": float, "weight_decay": float, "seed": int,
+    "batch_size": _POSITIVE, "lr": float, "weight_decay": float, "seed": int, "augment": "strs",
 }
 
 
@@ -378,8 +385,9 @@ def spec_from_dict(raw: Mapping[str, Any], where: str = "the study") -> StudySpe
             raise UserError(f"unknown key(s) {bad} in [pretrain] of {path}; "
                             f"allowed: {sorted(pknown)}.")
         p = dict(raw["pretrain"])
-        if isinstance(p.get("classes"), list):
-            p["classes"] = tuple(p["classes"])
+        for key in ("classes", "augment"):
+            if isinstance(p.get(key), list):
+                p[key] = tuple(p[key])
         raw["pretrain"] = PretrainRecipe(**p)
     for key in ("datasets", "models"):
         if isinstance(raw.get(key), list) and raw[key] and key[:-1] not in raw:

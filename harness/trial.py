@@ -7,10 +7,15 @@ A raised exception, a NaN loss or an out-of-memory error gives ``status="failed"
 error text; Optuna's pruning gives ``status="pruned"``. Test accuracy, and the accuracy on
 every out-of-distribution set of the task (rows with ``split="ood:<name>"``), is measured only
 for ``stage="final"`` runs: selection never sees the test split or an OOD set.
+
+Final runs of a study with a pretrained backbone and OOD sets also measure feature distortion
+(Kumar et al. 2022): how far training moved the backbone's features (the head's input) from the
+pretrained ones, on the test split and on every OOD set (:func:`feature_distortion`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import traceback
@@ -22,8 +27,8 @@ import optuna
 import torch
 import torch._dynamo
 
-from harness.data import Task
-from harness.evaluation import evaluate
+from harness.data import Split, Task
+from harness.evaluation import evaluate, logits_in_batches
 from harness.execution import AMP_DTYPES, parse_execution
 from harness.flops import datasheet_peak, empirical_peak
 from harness.loop import EpochRecord, LoopConfig, LoopResult, train
@@ -33,7 +38,8 @@ from harness.registry import STRATEGIES
 from harness.spec import TrialConfig, budget_label
 from harness.tables import Measurement
 
-__all__ = ["TrialContext", "TrialResult", "build_trial_model", "failed_trial", "run_trial"]
+__all__ = ["TrialContext", "TrialResult", "build_trial_model", "failed_trial", "feature_distortion",
+           "run_trial"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class TrialResult:
     bn_mode: str
     records: tuple[Measurement, ...]
     ood_accuracy: Mapping[str, float] = field(default_factory=dict)  # final runs: OOD set -> accuracy
+    # final runs with a pretrained backbone and OOD sets: "test" / "ood:<name>" -> distortion
+    feature_distortion: Mapping[str, float] = field(default_factory=dict)
 
 
 def build_trial_model(cfg: TrialConfig, ctx: TrialContext) -> torch.nn.Sequential:
@@ -86,6 +94,7 @@ def run_trial(
     result: LoopResult | None = None
     test_acc = None
     ood_acc: dict[str, float] = {}
+    distortion: dict[str, float] = {}
     n_trainable = 0
 
     def record_epoch(rec: EpochRecord) -> None:
@@ -115,6 +124,10 @@ def run_trial(
         if cfg.stage == "final":
             test_acc, _ = evaluate(model, ctx.task.test)
             ood_acc = _ood_accuracy(model, cfg, ctx.task)
+            if ctx.pretrained is not None and cfg.ood:
+                splits = {"test": ctx.task.test,
+                          **{f"ood:{name}": split for name, split in ctx.task.ood.items()}}
+                distortion = feature_distortion(model, ctx.pretrained, splits)
     except optuna.TrialPruned:
         status = "pruned"
     except Exception as e:  # noqa: BLE001 - a failed trial is a row, not a crash of the study
@@ -125,10 +138,11 @@ def run_trial(
     seconds = time.perf_counter() - t0
     # a failed run's last accuracy must never reach selection: NaN makes Optuna mark it FAIL
     val_acc = epochs[-1].val_accuracy if epochs and status != "failed" else float("nan")
-    records = _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc)
+    records = _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc,
+                       distortion)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
     return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records),
-                       ood_acc)
+                       ood_acc, distortion)
 
 
 def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult:
@@ -146,12 +160,46 @@ def _ood_accuracy(model: torch.nn.Module, cfg: TrialConfig, task: Task) -> dict[
     return {name: evaluate(model, split)[0] for name, split in task.ood.items()}
 
 
+@torch.no_grad()
+def feature_distortion(model: torch.nn.Sequential, pretrained: Mapping[str, torch.Tensor],
+                       splits: Mapping[str, Split], batch_size: int = 128) -> dict[str, float]:
+    """Per split, the mean over its examples of ``||f(x) - f0(x)|| / ||f0(x)||``.
+
+    ``f`` is ``model`` without its head (the head's input), ``f0`` the same backbone with the
+    ``pretrained`` weights; both in eval mode (BatchNorm on running statistics), so a frozen
+    backbone gives exactly 0. Costs one forward pass of each backbone over each split, none
+    when the backbone is bitwise the pretrained one (a probe).
+    """
+    after = model[:-1]
+    weights = {k: v for k, v in pretrained.items() if not k.startswith("head.")}
+    now = after.state_dict()
+    if all(torch.equal(now[k], v.to(now[k].device)) for k, v in weights.items()):
+        return {name: 0.0 for name in splits}
+    before = copy.deepcopy(after)
+    before.load_state_dict(weights)
+    was_training = model.training
+    after.eval()
+    before.eval()
+    device = next(model.parameters()).device
+    out = {}
+    try:
+        for name, split in splits.items():
+            fa = logits_in_batches(after, split.x, batch_size, device).float()
+            fb = logits_in_batches(before, split.x, batch_size, device).float()
+            ratio = (fa - fb).norm(dim=1) / fb.norm(dim=1).clamp_min(1e-12)
+            out[name] = float(ratio.mean())
+    finally:
+        model.train(was_training)
+    return out
+
+
 def _p50(values: list[float], warmup: int) -> float:
     v = values[warmup:]
     return float(np.median(v)) if v else float("nan")
 
 
-def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc=None):
+def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc=None,
+             distortion=None):
     base = Measurement(
         run_id=ctx.run_id, study=cfg.study, cell=cfg.cell, stage=cfg.stage, trial=cfg.trial,
         phase="all", strategy=cfg.strategy, dataset=cfg.dataset, model=cfg.model,
@@ -180,6 +228,8 @@ def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, o
         add("accuracy", test_acc, "fraction", split="test")
     for name, acc in (ood_acc or {}).items():
         add("accuracy", acc, "fraction", split=f"ood:{name}")
+    for split, value in (distortion or {}).items():
+        add("feature_distortion", value, "fraction", split=split)
     if result is not None:
         _loop_rows(add, cfg, result)
         add("trainable_params", n_trainable, "count")

@@ -26,7 +26,7 @@ def test_second_call_reuses_the_checkpoint(fresh_cache):
 
 @pytest.mark.parametrize("field, value", [
     ("model", "other"), ("dataset", "mnist5k"), ("classes", (0, 1, 2)), ("epochs", 3),
-    ("batch_size", 16), ("lr", 0.01), ("weight_decay", 0.0), ("seed", 1),
+    ("batch_size", 16), ("lr", 0.01), ("weight_decay", 0.0), ("seed", 1), ("augment", ("rotate:45",)),
 ])
 def test_key_changes_with_every_recipe_field(field, value):
     import dataclasses
@@ -59,3 +59,53 @@ def test_checkpoints_load_with_weights_only(fresh_cache):
     first = pretrained_backbone(RECIPE)
     state = torch.load(first.path, weights_only=True)
     assert set(state) == set(first.state_dict)
+
+
+def test_recipes_without_augmentation_keep_their_old_key():
+    import hashlib
+    from dataclasses import asdict
+
+    old_fields = {k: v for k, v in asdict(RECIPE).items() if k != "augment"}
+    blob = json.dumps({**old_fields, "format": 1}, sort_keys=True)
+    assert recipe_key(RECIPE) == hashlib.sha256(blob.encode()).hexdigest()[:20]
+    # a TOML list hashes like the tuple
+    assert recipe_key(RECIPE.__class__(augment=["rotate:45"])) == recipe_key(
+        RECIPE.__class__(augment=("rotate:45",)))
+
+
+def test_rotation_augmentation_draws_a_fresh_angle_per_example_and_copy():
+    from harness.data import Split
+    from harness.ood import ood_split
+    from harness.pretrain import augmented
+
+    x = torch.randn(6, 1, 10, 10)
+    split = Split(x, torch.arange(6))
+    out = augmented(split, ("rotate:45",), copies=3, seed=0)
+    assert out.x.shape == (18, 1, 10, 10) and out.y.tolist() == list(range(6)) * 3
+    assert not torch.allclose(out.x[:6], out.x[6:12])  # each copy is a new draw
+    assert torch.equal(out.x, augmented(split, ("rotate:45",), copies=3, seed=0).x)  # seeded
+    assert torch.allclose(augmented(split, ("rotate:0",), 1, 0).x, x, atol=1e-5)
+    # with one fixed angle, the per-image rotation is the OOD set's rotation
+    from harness.pretrain import _rotate_each
+
+    same = _rotate_each(x, torch.full((6,), 30.0))
+    assert torch.allclose(same, ood_split("rotate:30", split, range(6)).x, atol=1e-5)
+
+
+@pytest.mark.parametrize("augment", [("flip",), ("rotate:x",), ("rotate:-5",), "rotate:45"])
+def test_a_bad_augmentation_is_a_user_error_naming_what_is_accepted(augment):
+    from harness.errors import UserError
+    from harness.pretrain import parse_augment
+
+    with pytest.raises(UserError, match="rotate"):
+        parse_augment(augment)
+
+
+def test_augmented_pretraining_trains_one_pass_over_fresh_draws(fresh_cache):
+    import dataclasses
+
+    pre = pretrained_backbone(dataclasses.replace(RECIPE, augment=("rotate:30",)))
+    plain = pretrained_backbone(RECIPE)
+    assert pre.path != plain.path and not pre.cached
+    assert any(not torch.equal(pre.state_dict[k], plain.state_dict[k]) for k in pre.state_dict)
+    assert pre.source_val_accuracy > 0.5
