@@ -18,16 +18,27 @@ import pytest
     (["worker", "finetune_vs_probe", "--storage", "journal:/nonexistent-dir/x.log"],
      "cannot open Optuna storage"),
 ])
-def test_user_mistakes_exit_2_with_one_line(run_cli, args, needle, tmp_path):
-    res = run_cli(*args, "--out", str(tmp_path)) if args[0] == "study" else run_cli(*args)
-    if args[0] == "worker":
-        assert "Traceback" not in res.stderr
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
+def test_user_mistakes_exit_2_with_one_line(args, needle, tmp_path, capsys):
+    from harness.cli import main
+
+    argv = [*args, "--out", str(tmp_path)] if args[0] == "study" else list(args)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors leave through exit(2), as in a process
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert needle in lines[0]
-    assert "Traceback" not in res.stderr
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_mistake_in_a_real_process_is_one_line_and_exit_2(run_cli, tmp_path):
+    res = run_cli("study", "finetune_vs_prob", "--out", str(tmp_path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        res.stderr.strip()] and "did you mean 'finetune_vs_probe'?" in res.stderr
 
 
 def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
@@ -60,13 +71,18 @@ def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
     ("dataset = \"cifar10:/no/cifar\"", "dataset 'cifar10' not found: missing data_batch_1"),
     ("devices = [\"cuda:3\"]", "device 'cuda:3' is not available"),
 ])
-def test_bad_values_in_a_study_file_exit_2_before_anything_is_written(run_cli, tmp_path, line, needle):
+def test_bad_values_in_a_study_file_exit_2_before_anything_is_written(tmp_path, capsys, line, needle):
+    """In-process through the CLI's own ``main`` (what ``python -m harness`` runs): 17 cases
+    as subprocesses would pay the interpreter and torch start-up 17 times."""
+    from harness.cli import main
+
     f = tmp_path / "s.toml"
     dataset = "" if line.startswith("dataset") else 'dataset = "digits"\n'
     f.write_text(f'{dataset}strategies = ["linear_probe"]\n{line}\n')
-    res = run_cli("study", str(f), "--out", str(tmp_path / "out"))
-    assert res.returncode == 2, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
+    code = main(["study", str(f), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "out").exists()
 
 

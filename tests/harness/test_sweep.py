@@ -94,7 +94,10 @@ def test_time_to_target_is_the_training_time_of_the_first_epoch_that_reached_it(
 
 
 def test_measurement_rows_carry_flops_utilisation_and_per_phase_memory(tmp_path):
-    spec = _spec(strategies=("lp_ft",), trials=1, seeds=1, epochs=4)
+    # an SGD probe, so both phases take timed steps (an L-BFGS probe has none: NaN rates)
+    hp = {"lr": 0.02, "weight_decay": 1e-4, "probe_fraction": 0.5, "probe_solver": "sgd",
+          "probe_lr_scale": 10.0}
+    spec = _spec(strategies=("lp_ft",), trials=1, seeds=1, epochs=4, enqueue={"lp_ft": hp})
     m = load(run_study(spec, out_root=tmp_path, progress=False).run_dir).measurements
     final = m[m["stage"] == "final"]
     metrics = set(final["metric"])
