@@ -26,6 +26,7 @@ def eager_vs_compiled() -> StudySpec:
         name="eager_vs_compiled",
         description=__doc__.strip().splitlines()[0],
         **MNIST_0_4_TO_5_9,
+        models=("small_cnn", "resnet_small"),  # speedup and compile time per model (~3 min)
         strategies=("full_finetune", "progressive_unfreezing", "lp_ft"),
         executions=("eager", "compile"),
         budgets=(None,),

@@ -1,0 +1,43 @@
+"""The claims of eager_vs_compiled, judged on hand-built tables (the study itself compiles for minutes)."""
+
+import pandas as pd
+import pytest
+
+from harness.claims import evaluate_claims
+from harness.registry import STUDIES
+from harness.results import RunTables
+from harness.tables import Measurement, measurements_frame
+
+
+def _tables(compiled_acc: float, device: str = "cpu") -> RunTables:
+    rows = []
+    for execution, acc in (("eager", 0.90), ("compile", compiled_acc)):
+        base = Measurement(run_id="r", study="eager_vs_compiled", cell=f"{device}/m/small_cnn/{execution}",
+                           stage="final", trial=0, phase="all", strategy="full_finetune",
+                           dataset="mnist5k", model="small_cnn", budget="all", device=device,
+                           execution=execution, seed=1000, split="test", metric="accuracy",
+                           value=acc, unit="fraction", epoch=None, status="ok")
+        rows.append(base)
+        if execution == "compile":
+            rows.append(Measurement(**{**base.__dict__, "stage": "search", "split": "train",
+                                       "metric": "compile_steps_s", "value": 12.0, "unit": "s",
+                                       "phase": "finetune"}))
+    m = measurements_frame(rows)
+    trials = pd.DataFrame({"cell": m["cell"].unique(), "execution": ["eager", "compile"]})
+    return RunTables(m, trials, pd.DataFrame(), {}, {"name": "eager_vs_compiled"})
+
+
+def test_the_study_compares_two_models_and_validates():
+    spec = STUDIES.get("eager_vs_compiled")().validate()
+    assert spec.models == ("small_cnn", "resnet_small") and set(spec.executions) == {"eager", "compile"}
+
+
+def test_agreement_passes_within_half_a_point_and_fails_beyond():
+    ok = evaluate_claims("eager_vs_compiled", _tables(0.902)).set_index("claim")
+    assert ok.loc["compiled_matches_eager", "verdict"] == "pass"
+    assert ok.loc["compile_time_reported", "verdict"] == "pass"
+    # the GPU speedup is no claim about a CPU run, and does not count against --check
+    assert ok.loc["training_speedup_on_gpu", "verdict"] == "not applicable"
+    bad = evaluate_claims("eager_vs_compiled", _tables(0.88)).set_index("claim")
+    assert bad.loc["compiled_matches_eager", "verdict"] == "fail"
+    assert bad.loc["compiled_matches_eager", "effect"] == pytest.approx(2.0)
