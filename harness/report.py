@@ -90,7 +90,8 @@ def summary_view(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> p
     return view.drop(columns=[c for c in ("device", "dataset", "model") if view[c].nunique() == 1])
 
 
-def _text(v) -> str:
+def cell_text(v) -> str:
+    """A table cell as text: empty for missing values, whole floats without ".0"."""
     if v is None or (not isinstance(v, str) and pd.isna(v)):
         return ""
     if isinstance(v, float) and v.is_integer():
@@ -99,7 +100,7 @@ def _text(v) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [[_text(v) for v in row]
+    cells = [[str(c) for c in df.columns]] + [[cell_text(v) for v in row]
                                                for row in df.itertuples(index=False)]
     lines = ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
              for r in cells]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report import cell_text
+
 __all__ = ["render"]
 
 CSS = """
@@ -65,21 +67,13 @@ def _paragraphs(text: str) -> str:
     return "\n".join(out)
 
 
-def _cell(v) -> str:
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return ""
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
 def table(df: pd.DataFrame) -> str:
     """An HTML table (cells may hold `code`); skipped and failed cells' rows and Pareto marks
     get their own style, numbers align right."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for row in df.itertuples(index=False):
-        texts = [_cell(v) for v in row]
+        texts = [cell_text(v) for v in row]
         status = next((t.split(":")[0] for t in texts if t.startswith(("skipped:", "failed"))), "")
         tds = []
         for col, v, t in zip(df.columns, row, texts, strict=True):

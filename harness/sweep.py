@@ -187,16 +187,23 @@ class _Worker:
         self.device = device  # None: each cell on its own device
         self._tasks: dict = {}
         self._pre: dict = {}  # model -> its backbone state dict (pretrained or loaded)
+        self._studies: dict = {}  # (cell id, stage) -> its Optuna study
         self.bar = tqdm(total=sum(0 if c.skipped else self.spec.trials + self.spec.seeds
                                   for c in plan.cells),
                         desc=self.spec.name, unit="trial", disable=not progress)
 
     def study(self, storage, cell: Cell, stage: str) -> optuna.Study:
-        if stage == "final":
-            return optuna.load_study(study_name=self.plan.final_name(cell), storage=storage)
-        return optuna.load_study(study_name=self.plan.search_name(cell), storage=storage,
-                                 sampler=make_sampler(self.spec, cell.strategy),
-                                 pruner=make_pruner(self.spec))
+        """The cell's search or final study, loaded once per process (every pop asks for it)."""
+        key = cell.id, stage
+        if key not in self._studies:
+            if stage == "final":
+                self._studies[key] = optuna.load_study(study_name=self.plan.final_name(cell),
+                                                       storage=storage)
+            else:
+                self._studies[key] = optuna.load_study(
+                    study_name=self.plan.search_name(cell), storage=storage,
+                    sampler=make_sampler(self.spec, cell.strategy), pruner=make_pruner(self.spec))
+        return self._studies[key]
 
     def seed_sampler(self, cell: Cell, study: optuna.Study, number: int) -> None:
         """Give search trial ``number`` its own seeded sampler before it samples anything."""
