@@ -4,8 +4,8 @@
 reads a finished run's tables back as pandas.
 """
 
+from harness.analysis.results import load
 from harness.errors import UserError
-from harness.results import load
 
 __all__ = ["UserError", "load"]
 __version__ = "0.1.0"

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wait this long for the run to appear in the storage (default: 0)")
     wk.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from harness import compare, report
+    from harness.analysis import compare as compare
+    from harness.report import markdown as report
 
     compare.add_parser(sub)
     report.add_parser(sub)
@@ -156,9 +157,10 @@ _OVERRIDES = ("trials", "seeds", "epochs", "devices", "executions", "strategies"
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from harness.report import markdown_table, summary_view
-    from harness.spec import load_study
-    from harness.sweep import resume_study, run_study
+    from harness.analysis.text import markdown_table
+    from harness.config.spec import load_study
+    from harness.report.markdown import summary_view
+    from harness.run.sweep import resume_study, run_study
 
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     if args.resume:
@@ -179,7 +181,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots, report.md and "
           f"report.html in {run.run_dir}")
     if run.claims is not None and len(run.claims):
-        from harness.claims import claims_view
+        from harness.analysis.claims import claims_view
 
         print("\nclaims:\n" + markdown_table(claims_view(run.claims)))
     if args.check:
@@ -194,7 +196,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from harness.sweep import run_worker
+    from harness.run.sweep import run_worker
 
     n = run_worker(args.study, args.storage, device=args.device, run_id=args.run,
                    wait_s=args.wait, progress=not args.quiet)
@@ -208,19 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list(args.kind)
         if args.command == "env":
-            from harness.measure import environment
-            from harness.spec import resolve_device
+            from harness.config.spec import resolve_device
+            from harness.measure.env import environment
 
             print(json.dumps(environment(resolve_device(args.device)), indent=2, default=str))
             return 0
         if args.command == "worker":
             return cmd_worker(args)
         if args.command == "compare":
-            from harness import compare
+            from harness.analysis import compare as compare
 
             return compare.main(args)
         if args.command == "report":
-            from harness import report
+            from harness.report import markdown as report
 
             return report.main(args)
         return cmd_study(args)

@@ -71,6 +71,15 @@ class Registry(Generic[T]):
         self._discover()
         return sorted(self._entries)
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self._entries[n]) for n in self.names()]
+
+    def values(self) -> list[T]:
+        return [obj for _, obj in self.items()]
+
     def __contains__(self, name: object) -> bool:
         self._discover()
         return name in self._entries
@@ -102,5 +111,5 @@ class Registry(Generic[T]):
 
 STRATEGIES: Registry = Registry("strategy", package="strategies")
 STUDIES: Registry = Registry("study", package="studies")
-DATASETS: Registry = Registry("dataset", package="harness.data")
+DATASETS: Registry = Registry("dataset", package="harness.data.sources")
 MODELS: Registry = Registry("model", package="harness.models")

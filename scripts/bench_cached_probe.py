@@ -15,14 +15,14 @@ import time
 
 import torch
 
-from harness.data import load_task
-from harness.evaluation import evaluate
-from harness.loop import LoopConfig, train
-from harness.models import blocks
-from harness.pretrain import pretrained_backbone
+from harness.config.spec import TrialConfig
+from harness.data.task import load_task
+from harness.models.core import blocks
 from harness.registry import STRATEGIES, STUDIES
-from harness.spec import TrialConfig
-from harness.trial import TrialContext, build_trial_model
+from harness.run.trial import TrialContext, build_trial_model
+from harness.train.evaluation import evaluate
+from harness.train.loop import LoopConfig, train
+from harness.train.pretrain import pretrained_backbone
 
 
 def run(task, pre, strategy, hp, epochs, seed):

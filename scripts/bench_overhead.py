@@ -1,4 +1,4 @@
-"""Harness overhead: ``harness.loop.train`` against a hand-written minimal PyTorch loop, same work.
+"""Harness overhead: ``harness.train.loop.train`` against a hand-written minimal PyTorch loop, same work.
 
 Both sides train ``small_cnn`` from the same initialisation (``torch.manual_seed``) on the
 MNIST 5-9 training split (1,500 images), batch 64, SGD with Nesterov momentum 0.9, the same
@@ -9,7 +9,7 @@ one param group, no phases, no compile counter, no stale-graph check.
 Two ratios, harness samples/s over minimal samples/s (1.0 = no overhead):
 
 - ``steady``: the timed steps only (``perf_counter`` around forward, loss, zero_grad, backward,
-  optimizer step, with ``harness.measure.sync`` before each read on both sides), the first
+  optimizer step, with ``harness.measure.clock.sync`` before each read on both sides), the first
   ``LoopConfig.warmup_steps`` steps left out on both sides;
 - ``wall``: the whole ``train`` call against the whole minimal loop, *including* each side's
   per-epoch validation and its per-run set-up (optimizer, and whatever else ``train`` does once).
@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.data import Split, load_task
-from harness.loop import LoopConfig, train
-from harness.measure import Throughput, clock, steady_state
-from harness.models import blocks, build_model
-from harness.strategy import Phase, Plan
+from harness.data.core import Split
+from harness.data.task import load_task
+from harness.measure.clock import Throughput, clock, steady_state
+from harness.models.core import blocks, build_model
+from harness.train.loop import LoopConfig, train
+from harness.train.strategy import Phase, Plan
 
 GOAL = 0.98  # issue 4: the harness keeps at least 98% of a hand-written loop's throughput
 CLASSES = (5, 6, 7, 8, 9)  # the finetune_vs_probe target task: 1,500 training images
@@ -61,7 +62,7 @@ def fresh_model(seed: int = 0, device: str | torch.device = "cpu") -> nn.Sequent
 
 def harness_run(model: nn.Sequential, train_split: Split, val_split: Split,
                 cfg: LoopConfig) -> RunResult:
-    """Full fine-tuning through ``harness.loop.train``: one phase, every block, BN training."""
+    """Full fine-tuning through ``harness.train.loop.train``: one phase, every block, BN training."""
     plan = Plan((Phase("finetune", 0, tuple(blocks(model)), "train"),))
     t0 = time.perf_counter()
     result = train(model, plan, train_split, val_split, cfg)

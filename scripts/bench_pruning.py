@@ -22,9 +22,9 @@ import tempfile
 
 import pandas as pd
 
-from harness.spec import load_study
-from harness.sweep import run_study
-from harness.tables import load
+from harness.analysis.results import load
+from harness.config.spec import load_study
+from harness.run.sweep import run_study
 
 
 def search_table(study: str, pruner: str, out: str, trials: int | None) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """GPU check: AMP bf16, torch.compile, CUDA memory and FLOP utilisation of ResNet-18/50, synthetic.
 
-Every run is one full fine-tune through ``harness.loop.train`` (one phase, every block, BatchNorm
+Every run is one full fine-tune through ``harness.train.loop.train`` (one phase, every block, BatchNorm
 training) of a randomly initialised torchvision ResNet (no downloads) wrapped into the harness's
 block shape, on random images and labels resident on the device. The grid is
 model x execution (eager, compile) x precision (fp32, bf16 autocast). Per run it records
@@ -41,13 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the harness without an install, e.g. on a bare GPU machine
 
 from harness._io import atomic_write_text
-from harness.data import Split
-from harness.execution import AMP_DTYPES, parse_execution
-from harness.flops import datasheet_peak, empirical_peak, flops_per_sample
-from harness.loop import ALL_PHASES, LoopConfig, train
-from harness.measure import device_name, environment
-from harness.models import blocks
-from harness.strategy import Phase, Plan
+from harness.config.execution import AMP_DTYPES, parse_execution
+from harness.data.core import Split
+from harness.measure.env import device_name
+from harness.measure.env import environment
+from harness.measure.flops import datasheet_peak, empirical_peak, flops_per_sample
+from harness.models.core import blocks
+from harness.train.loop import ALL_PHASES, LoopConfig, train
+from harness.train.strategy import Phase, Plan
 
 MODELS = ("resnet18", "resnet50")
 EXECUTIONS = ("eager", "compile")
@@ -104,7 +105,7 @@ def _peaks(device: torch.device, precision: str) -> dict[str, object]:
     """Both reference peaks for ``precision``, each with a label saying what it is."""
     dtype = AMP_DTYPES.get(precision, torch.float32)
     emp = empirical_peak(device, dtype)
-    n = 8192 if device.type == "cuda" else 1024  # harness.flops.empirical_peak's default size
+    n = 8192 if device.type == "cuda" else 1024  # harness.measure.flops.empirical_peak's default size
     emp_of = f"matmul {n}x{n} {precision}"
     sheet, sheet_of = None, "unknown device"
     if device.type == "cuda":
@@ -287,7 +288,7 @@ def main() -> None:
     notes = (
         f"# GPU check: {env['device_name']}\n\n"
         f"{sizes.image}x{sizes.image} synthetic images, {sizes.train} train, batch {sizes.batch}, "
-        f"{epochs} epoch(s) per run, full fine-tune via harness.loop.train; "
+        f"{epochs} epoch(s) per run, full fine-tune via harness.train.loop.train; "
         f"{seconds:.0f} s in all.\n\n"
         f"{table}\n\n"
         "- samples/s and step times are steady state: each run's first warm-up steps (compilation "

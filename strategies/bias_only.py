@@ -5,7 +5,7 @@ thing that moves.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("bias_only")

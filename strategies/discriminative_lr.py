@@ -5,7 +5,7 @@ param group, so the loop's schedule multiplies it at every step.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, layerwise_scales, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, layerwise_scales, sgd_space
 
 
 @STRATEGIES.register("discriminative_lr")

@@ -1,7 +1,7 @@
 """Full fine-tuning: every block trains from the pretrained weights, with one learning rate."""
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("full_finetune")

@@ -5,7 +5,7 @@ example never change: they are computed once, and the head trains on them with S
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("linear_probe")

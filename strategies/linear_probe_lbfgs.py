@@ -5,7 +5,7 @@ cached features; its regularisation strength ``C`` is what Optuna searches.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy
+from harness.train.strategy import Phase, Plan, Strategy
 
 
 @STRATEGIES.register("linear_probe_lbfgs")

@@ -8,7 +8,7 @@ full learning rate, as in the paper, rather than continuing the probe's.
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, sgd_space
 
 
 @STRATEGIES.register("lp_ft")

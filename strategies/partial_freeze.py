@@ -1,7 +1,7 @@
 """Partial freezing: only the top k blocks train (the freeze-depth axis of Yosinski et al. 2014)."""
 
 from harness.registry import STRATEGIES
-from harness.strategy import Phase, Plan, Strategy, sgd_space, top_blocks
+from harness.train.strategy import Phase, Plan, Strategy, sgd_space, top_blocks
 
 MAX_K = 4  # searched k in 1..MAX_K; capped by the model's depth
 

@@ -8,7 +8,7 @@ discriminative too (ULMFiT's full recipe: see the ``ulmfit`` strategy).
 """
 
 from harness.registry import STRATEGIES
-from harness.strategy import (
+from harness.train.strategy import (
     Phase,
     Plan,
     Strategy,

@@ -1,7 +1,7 @@
 """ULMFiT's recipe (Howard & Ruder 2018): gradual unfreezing combined with discriminative learning rates."""
 
 from harness.registry import STRATEGIES
-from harness.strategy import Strategy
+from harness.train.strategy import Strategy
 from strategies.progressive_unfreezing import ProgressiveUnfreezing, unfreezing_plan
 
 

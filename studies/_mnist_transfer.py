@@ -3,7 +3,7 @@
 A leading underscore keeps this module out of the study registry's discovery.
 """
 
-from harness.spec import PretrainRecipe
+from harness.config.spec import PretrainRecipe
 
 MNIST_0_4_TO_5_9 = {
     "dataset": "mnist5k",

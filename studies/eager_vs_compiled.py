@@ -11,9 +11,9 @@ regime, and the question here is what this device gives.
 
 import numpy as np
 
-from harness.claims import CLAIMS, Claim, Verdict
+from harness.analysis.claims import CLAIMS, Claim, Verdict
+from harness.config.spec import StudySpec
 from harness.registry import STUDIES
-from harness.spec import StudySpec
 from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 FIXED = {"lr": 0.02, "weight_decay": 1e-4}
@@ -73,7 +73,7 @@ def _compile_time_reported(tables) -> Verdict:
 
 
 def _speedup(tables) -> Verdict:
-    from harness.tables import execution_comparison
+    from harness.analysis.tables import execution_comparison
 
     cmp = execution_comparison(tables.measurements)
     if cmp.empty or "cuda" not in " ".join(cmp["device"].astype(str)):

@@ -6,9 +6,17 @@ fine-tuning beat logistic regression on fixed features in 179 of 192 dataset x m
 gap is expected to shrink, or turn, when labels are scarce.
 """
 
-from harness.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci, final_values
+from harness.analysis.claims import (
+    CLAIMS,
+    Claim,
+    Verdict,
+    above,
+    bootstrap_ci,
+    diff_ci,
+    final_values,
+)
+from harness.config.spec import StudySpec
 from harness.registry import STUDIES
-from harness.spec import StudySpec
 from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.analysis.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.config.spec import PretrainRecipe, StudySpec
 from harness.registry import STUDIES
-from harness.spec import PretrainRecipe, StudySpec
 
 MODEL = "small_cnn"
 # lr 0.3: within half a point of the best of 0.1 / 0.3 / 0.6 / 1.0 at every n in a pilot (seed-0
@@ -64,7 +64,7 @@ def freeze_depth() -> StudySpec:
 
 
 def _n_blocks(tables) -> int:
-    from harness.models import blocks, build_model
+    from harness.models.core import blocks, build_model
 
     return len(blocks(build_model(tables.spec.get("model", MODEL), 1, 2)))
 

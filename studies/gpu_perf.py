@@ -37,8 +37,8 @@ and compare it with the baseline run of the same device. ``--executions`` narrow
 (e.g. ``compile,compile+bf16``); ``--seeds 5`` tightens the spread.
 """
 
+from harness.config.spec import StudySpec
 from harness.registry import STUDIES
-from harness.spec import StudySpec
 
 FIXED = {"lr": 0.02, "weight_decay": 1e-4}  # the same for every cell: only the step differs
 

@@ -10,7 +10,7 @@ Here the pretraining covers the shift, as the paper assumes of its pretrained mo
 learns MNIST digits 0-4 with random rotations of up to 45 degrees (fresh angles each epoch). The
 ID task is upright digits 5-9 with 10 labelled examples per class; the OOD sets are the test
 digits rotated by -30 and +30 degrees, inside the range pretraining saw. Final runs also record
-``feature_distortion`` (``harness.trial.feature_distortion``) on the test split and each OOD set.
+``feature_distortion`` (``harness.run.trial.feature_distortion``) on the test split and each OOD set.
 A two-layer linear network checks the paper's theory exactly (:func:`two_layer_simulation`).
 
 The search follows the paper's protocol: a grid per strategy, selected on ID validation accuracy.
@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.analysis.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.config.spec import PretrainRecipe, StudySpec
 from harness.registry import STUDIES
-from harness.spec import PretrainRecipe, StudySpec
 
 LP, FT, LPFT = "linear_probe_lbfgs", "full_finetune", "lp_ft"
 SOURCE = "Kumar et al. 2022"

@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.analysis.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.config.spec import StudySpec
 from harness.registry import STUDIES
-from harness.spec import StudySpec
 from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 STRATEGIES = ("full_finetune", "discriminative_lr", "progressive_unfreezing", "ulmfit")

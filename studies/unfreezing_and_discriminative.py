@@ -7,8 +7,8 @@ fine-tuning: a small CNN pretrained on MNIST digits 0-4, transferred to 5-9 with
 per class. Every strategy gets the same Optuna trial budget.
 """
 
+from harness.config.spec import StudySpec
 from harness.registry import STUDIES
-from harness.spec import StudySpec
 from studies._mnist_transfer import MNIST_0_4_TO_5_9
 
 

@@ -1,4 +1,4 @@
-"""Harness overhead: one epoch through ``harness.loop.train`` against the hand-written minimal loop.
+"""Harness overhead: one epoch through ``harness.train.loop.train`` against the hand-written minimal loop.
 
 The two loops are the ones ``scripts/bench_overhead.py`` compares, so the equal-work test below
 also vouches for the script. Benchmarks are disabled in normal runs (``--benchmark-disable``: each
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.data import Split
-from harness.loop import LoopConfig
+from harness.data.core import Split
+from harness.train.loop import LoopConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_overhead.py"
 

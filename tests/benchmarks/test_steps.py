@@ -1,6 +1,6 @@
 """One training step per strategy and execution on the CPU: forward, loss, backward, optimizer step.
 
-Each strategy's first phase is applied the way ``harness.loop.train`` applies it (``apply_phase``
+Each strategy's first phase is applied the way ``harness.train.loop.train`` applies it (``apply_phase``
 for ``requires_grad`` and the param groups with their ``lr_scale``, train mode, ``set_bn_mode``,
 SGD with Nesterov momentum) to ``small_cnn`` on one fixed batch of 64 CIFAR-shaped images, and
 the step is the loop's: the model (or its ``torch.compile`` wrapper) under the execution's
@@ -38,10 +38,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.execution import CompileCounter, parse_execution
-from harness.models import blocks, build_model
-from harness.phases import apply_phase, set_bn_mode
+from harness.config.execution import CompileCounter, parse_execution
+from harness.models.core import blocks, build_model
 from harness.registry import STRATEGIES
+from harness.train.phases import apply_phase, set_bn_mode
 
 EXECUTIONS = ["eager", "compile"]
 SMOKE_COMPILED = {"full_finetune"}  # compiled even when benchmarks are disabled

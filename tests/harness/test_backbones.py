@@ -13,13 +13,18 @@ import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import interpolate_embeddings
 
-from harness.backbones import TORCHVISION, imagenet_file, load_backbone_weights, torchvision_keys
-from harness.data import Split
+from harness.data.core import Split
 from harness.errors import UserError
-from harness.loop import LoopConfig, train
-from harness.models import HEAD, blocks, build_model
-from harness.phases import apply_phase
+from harness.models.core import HEAD, blocks, build_model
+from harness.models.torchvision import (
+    TORCHVISION,
+    imagenet_file,
+    load_backbone_weights,
+    torchvision_keys,
+)
 from harness.registry import MODELS, STRATEGIES
+from harness.train.loop import LoopConfig, train
+from harness.train.phases import apply_phase
 
 NAMES = MODELS.names()
 SIZE = 32

@@ -5,12 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import add_parser, compare_runs, fingerprint, main
-from harness.spec import StudySpec
-from harness.sweep import run_study
-from harness.tables import Measurement, load, measurements_frame, summarize, write_csv
+from harness.analysis.compare import add_parser, compare_runs, fingerprint, main
+from harness.analysis.results import load
+from harness.analysis.tables import measurements_frame, summarize, write_csv
+from harness.config.spec import StudySpec
+from harness.run.records import Measurement
+from harness.run.sweep import run_study
 
-ENV = {  # the shape of a real env.json (harness.measure.environment plus run fields)
+ENV = {  # the shape of a real env.json (harness.measure.env.environment plus run fields)
     "python": "3.11.7", "hostname": "vm", "git_commit": "a3d943d",
     "versions": {"torch": "2.14.1", "numpy": "2.4.6", "pandas": "3.1.1"},
     "device": "cpu", "device_name": "AMD EPYC", "cpu_model": "AMD EPYC", "cpu_count": 2,

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import load_dataset, load_task, split_indices
+from harness.data.core import load_dataset, split_indices
+from harness.data.task import load_task
 from harness.errors import UserError
 
 

@@ -3,13 +3,14 @@ import multiprocessing
 import pytest
 import torch
 
-from harness.data import Split, load_task
+from harness.data.core import Split
+from harness.data.feed import EpochBatches, TrainFeed
+from harness.data.task import load_task
 from harness.errors import UserError
-from harness.evaluation import evaluate
-from harness.feed import EpochBatches, TrainFeed
-from harness.loop import LoopConfig, train
-from harness.models import blocks, build_model
-from harness.strategy import Phase, Plan
+from harness.models.core import blocks, build_model
+from harness.train.evaluation import evaluate
+from harness.train.loop import LoopConfig, train
+from harness.train.strategy import Phase, Plan
 
 
 def _problem(n=70, seed=0):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.flops import datasheet_peak, empirical_peak, flops_per_sample
-from harness.models import build_model
+from harness.measure.flops import datasheet_peak, empirical_peak, flops_per_sample
+from harness.models.core import build_model
 
 
 def test_linear_flops_match_the_formula():

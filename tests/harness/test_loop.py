@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.data import Split
-from harness.loop import LoopConfig, NonFiniteLossError, cosine, train
-from harness.measure import release_free_memory
-from harness.models import blocks, build_model
-from harness.phases import apply_phase
-from harness.strategy import Phase, Plan
+from harness.data.core import Split
+from harness.measure.memory import release_free_memory
+from harness.models.core import blocks, build_model
+from harness.train.loop import LoopConfig, NonFiniteLossError, cosine, train
+from harness.train.phases import apply_phase
+from harness.train.strategy import Phase, Plan
 
 
 def _tiny_problem(n=40, seed=0):

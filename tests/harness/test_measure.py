@@ -3,7 +3,9 @@ import time
 import pytest
 import torch
 
-from harness.measure import PeakMemory, clock, environment, steady_state
+from harness.measure.clock import clock, steady_state
+from harness.measure.env import environment
+from harness.measure.memory import PeakMemory
 
 
 def test_steady_state_leaves_out_warmup_and_divides_samples_by_time():
@@ -44,7 +46,7 @@ def test_environment_records_versions_and_commit():
 
 
 def test_step_clock_measures_a_known_sleep_on_the_cpu():
-    from harness.measure import StepClock
+    from harness.measure.clock import StepClock
 
     marks = StepClock("cpu")
     a = marks.mark()
@@ -67,7 +69,7 @@ def test_cuda_peak_memory_sees_a_known_allocation():
 
 @needs_cuda
 def test_cuda_step_clock_times_device_work_without_extra_syncs():
-    from harness.measure import StepClock, sync
+    from harness.measure.clock import StepClock, sync
 
     marks = StepClock("cuda")
     a = torch.randn(4096, 4096, device="cuda")

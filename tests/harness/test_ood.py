@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from harness.data import load_task
+from harness.config.spec import TrialConfig
+from harness.data.shifts import check_ood, parse_ood
+from harness.data.task import load_task
 from harness.errors import UserError
-from harness.ood import check_ood, parse_ood
-from harness.spec import TrialConfig
-from harness.trial import TrialContext, run_trial
+from harness.run.trial import TrialContext, run_trial
 
 CLASSES = (5, 6, 7, 8, 9)
 SHIFTS = ("rotate:30", "rotate:90", "rotate:0", "noise:0", "noise:0.5", "contrast:0.5",

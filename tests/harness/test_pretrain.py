@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from harness.pretrain import cache_dir, pretrained_backbone, recipe_key
-from harness.spec import PretrainRecipe
+from harness.config.spec import PretrainRecipe
+from harness.paths import cache_dir
+from harness.train.pretrain import pretrained_backbone, recipe_key
 
 RECIPE = PretrainRecipe(dataset="digits", classes=(0, 1, 2, 3, 4), epochs=2, batch_size=32)
 
@@ -74,9 +75,9 @@ def test_recipes_without_augmentation_keep_their_old_key():
 
 
 def test_rotation_augmentation_draws_a_fresh_angle_per_example_and_copy():
-    from harness.data import Split
-    from harness.ood import ood_split
-    from harness.pretrain import augmented
+    from harness.data.core import Split
+    from harness.data.shifts import ood_split
+    from harness.train.pretrain import augmented
 
     x = torch.randn(6, 1, 10, 10)
     split = Split(x, torch.arange(6))
@@ -86,7 +87,7 @@ def test_rotation_augmentation_draws_a_fresh_angle_per_example_and_copy():
     assert torch.equal(out.x, augmented(split, ("rotate:45",), copies=3, seed=0).x)  # seeded
     assert torch.allclose(augmented(split, ("rotate:0",), 1, 0).x, x, atol=1e-5)
     # with one fixed angle, the per-image rotation is the OOD set's rotation
-    from harness.pretrain import _rotate_each
+    from harness.train.pretrain import _rotate_each
 
     same = _rotate_each(x, torch.full((6,), 30.0))
     assert torch.allclose(same, ood_split("rotate:30", split, range(6)).x, atol=1e-5)
@@ -95,7 +96,7 @@ def test_rotation_augmentation_draws_a_fresh_angle_per_example_and_copy():
 @pytest.mark.parametrize("augment", [("flip",), ("rotate:x",), ("rotate:-5",), "rotate:45"])
 def test_a_bad_augmentation_is_a_user_error_naming_what_is_accepted(augment):
     from harness.errors import UserError
-    from harness.pretrain import parse_augment
+    from harness.train.pretrain import parse_augment
 
     with pytest.raises(UserError, match="rotate"):
         parse_augment(augment)

@@ -6,12 +6,13 @@ import warnings
 
 import pytest
 
-from harness import plots, report
-from harness.plots import FIGURES, draw_all
-from harness.report import write_reports
-from harness.spec import StudySpec
-from harness.sweep import run_study
-from harness.tables import load
+from harness.analysis.results import load
+from harness.config.spec import StudySpec
+from harness.report import markdown as report
+from harness.report import plots as plots
+from harness.report.markdown import write_reports
+from harness.report.plots import FIGURES, draw_all
+from harness.run.sweep import run_study
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def run_dir(tmp_path_factory):
 
 def _drawn(run_dir):
     """draw_all, answered from the figures the fixture drew (for tests about the text)."""
-    done = [plots.Plot(n, f.title, f.caption, run_dir / "plots" / f"{n}.png",
-                       run_dir / "plots" / f"{n}.svg") for n, f in FIGURES.items()]
+    done = [plots.Plot(f.name, f.title, f.caption, run_dir / "plots" / f"{f.name}.png",
+                       run_dir / "plots" / f"{f.name}.svg") for f in plots.in_order()]
     return lambda *args: done
 
 
@@ -89,7 +90,7 @@ def test_a_failing_render_leaves_the_previous_reports_intact(run_dir, monkeypatc
     def broken(*args):
         raise RuntimeError("renderer crashed")
 
-    monkeypatch.setattr("harness.report_html.render", broken)
+    monkeypatch.setattr("harness.report.html.render", broken)
     monkeypatch.setattr(report, "draw_all", _drawn(run_dir))
     with pytest.raises(RuntimeError, match="renderer crashed"):
         write_reports(run_dir)
@@ -134,8 +135,6 @@ def test_a_figure_that_crashes_is_omitted_with_its_error_and_the_report_still_wr
         run_dir, tmp_path, monkeypatch):
     def crash(run):
         raise KeyError("no_such_column")
-
-    import harness.figures  # noqa: F401 - registers the real figures first
 
     monkeypatch.setattr(plots, "FIGURES", {
         "peak_memory": plots.Figure("peak_memory", "Peak", "c", crash),

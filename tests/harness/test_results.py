@@ -1,4 +1,4 @@
-"""harness.results: the tables written as CSV (and Parquet with pyarrow), read back unchanged."""
+"""harness.analysis.results: the tables written as CSV (and Parquet with pyarrow), read back unchanged."""
 
 import json
 import os
@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import results
+from harness.analysis import results as results
+from harness.analysis.results import load, write_tables
+from harness.analysis.tables import measurements_frame, summarize
 from harness.errors import UserError
-from harness.results import load, write_tables
-from harness.tables import Measurement, measurements_frame, summarize
+from harness.run.records import Measurement
 
 needs_pyarrow = pytest.mark.skipif(not results.parquet_available(),
                                    reason="pyarrow is not installed (pip install pyarrow)")
@@ -135,7 +136,7 @@ def test_writing_without_pyarrow_removes_a_parquet_file_that_no_longer_matches(t
 
 
 def test_harness_tables_load_reads_the_same_run(tmp_path, monkeypatch):
-    from harness.tables import load as tables_load
+    from harness.analysis.results import load as tables_load
 
     _write_run(tmp_path, _tables(), results.parquet_available(), monkeypatch)
     pd.testing.assert_frame_equal(tables_load(tmp_path).measurements, load(tmp_path).measurements)

@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from harness.runs import find_run
+from harness.run.queue import find_run
 
 TRIALS, SEEDS = 9, 2
 STUDY_TOML = f"""
@@ -72,7 +72,7 @@ def _check_exactly_once(trials, outputs, storage):
 def test_three_workers_share_a_run_on_the_journal_storage(tmp_path):
     storage = f"journal:{tmp_path / 'journal.log'}"
     trials, outputs, _ = _run_with_workers(tmp_path, storage)
-    from harness.runs import open_storage
+    from harness.run.queue import open_storage
 
     _check_exactly_once(trials, outputs, open_storage(storage))
 

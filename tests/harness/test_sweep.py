@@ -4,9 +4,10 @@ import optuna
 import pytest
 import torch
 
-from harness.spec import StudySpec
-from harness.sweep import redact_url, run_study, startup_trials
-from harness.tables import load
+from harness.analysis.results import load
+from harness.config.spec import StudySpec
+from harness.run.queue import redact_url
+from harness.run.sweep import run_study, startup_trials
 
 
 def _spec(**kw):
@@ -64,9 +65,9 @@ def test_execution_is_a_grid_axis_with_its_own_cells(tmp_path):
 
 
 def test_a_trial_failing_after_some_epochs_reports_no_accuracy_to_selection():
-    from harness.data import load_task
-    from harness.spec import TrialConfig
-    from harness.trial import TrialContext, run_trial
+    from harness.config.spec import TrialConfig
+    from harness.data.task import load_task
+    from harness.run.trial import TrialContext, run_trial
 
     def fail_in_epoch_1(rec):
         if rec.epoch == 1:
@@ -189,7 +190,7 @@ def test_multi_objective_marks_the_pareto_front_of_accuracy_and_throughput(tmp_p
 def test_pareto_front_of_the_summary():
     import pandas as pd
 
-    from harness.tables import pareto_front
+    from harness.analysis.tables import pareto_front
 
     df = pd.DataFrame({"acc": [0.9, 0.8, 0.7, 0.95, float("nan")], "sps": [10, 20, 5, 1, 100],
                        "device": "cpu", "budget": "10"})
@@ -231,7 +232,7 @@ def test_an_out_of_memory_trial_is_a_failed_row_and_the_study_goes_on(tmp_path, 
 
 
 def test_a_worker_pinned_to_a_device_serves_only_cells_of_its_kind():
-    from harness.runs import Cell, _serves
+    from harness.run.queue import Cell, _serves
 
     def cell(device):
         return Cell(device, "digits", "small_cnn", 20, "full_finetune", "eager")
@@ -242,11 +243,11 @@ def test_a_worker_pinned_to_a_device_serves_only_cells_of_its_kind():
 
 
 def test_weights_from_a_file_start_every_trial_with_a_fresh_head(tmp_path):
-    from harness.data import load_task
-    from harness.models import build_model
-    from harness.spec import TrialConfig
-    from harness.sweep import backbone_weights
-    from harness.trial import TrialContext, build_trial_model
+    from harness.config.spec import TrialConfig
+    from harness.data.task import load_task
+    from harness.models.core import build_model
+    from harness.run.sweep import backbone_weights
+    from harness.run.trial import TrialContext, build_trial_model
 
     torch.manual_seed(5)
     saved = build_model("resnet_small", 1, 10).state_dict()

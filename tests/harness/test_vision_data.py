@@ -15,10 +15,10 @@ from PIL import Image
 from torchvision import datasets as tvd
 
 from harness import cli
-from harness.data import load_dataset
+from harness.data.core import load_dataset
+from harness.data.sources.vision import _labelled_stl10
 from harness.errors import UserError
 from harness.registry import DATASETS
-from harness.vision_data import _labelled_stl10
 
 ON_DISK = ["mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn", "stl10",
            "imagefolder"]

@@ -11,12 +11,12 @@ import optuna
 import pytest
 import torch
 
-from harness.data import Split
-from harness.execution import parse_execution
-from harness.loop import LoopConfig, cosine, train
-from harness.models import blocks, build_model
+from harness.config.execution import parse_execution
+from harness.data.core import Split
+from harness.models.core import blocks, build_model
 from harness.registry import STRATEGIES
-from harness.strategy import BN_MODES
+from harness.train.loop import LoopConfig, cosine, train
+from harness.train.strategy import BN_MODES
 
 NAMES = STRATEGIES.names()
 EPOCHS = 4
@@ -239,8 +239,8 @@ def test_stale_graph_guard_raises_when_a_trained_block_gets_no_gradient():
 
     from torch import nn
 
-    from harness.loop import StaleGraphError
-    from harness.strategy import Phase, Plan
+    from harness.train.loop import StaleGraphError
+    from harness.train.strategy import Phase, Plan
 
     class Detached(nn.Module):  # a block whose output carries no gradient back to its weights
         def __init__(self):

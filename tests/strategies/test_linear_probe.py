@@ -1,8 +1,8 @@
 import torch
 
-from harness.data import load_task
-from harness.spec import TrialConfig
-from harness.trial import TrialContext, build_trial_model, run_trial
+from harness.config.spec import TrialConfig
+from harness.data.task import load_task
+from harness.run.trial import TrialContext, build_trial_model, run_trial
 
 
 def test_linear_probe_leaves_the_pretrained_backbone_bitwise_unchanged():
@@ -19,9 +19,9 @@ def test_linear_probe_leaves_the_pretrained_backbone_bitwise_unchanged():
 
     model = build_trial_model(cfg, ctx)
     head_before = model.head.weight.detach().clone()
-    from harness.loop import LoopConfig, train
-    from harness.models import blocks
+    from harness.models.core import blocks
     from harness.registry import STRATEGIES
+    from harness.train.loop import LoopConfig, train
 
     plan = STRATEGIES.get("linear_probe")().plan(blocks(model), cfg.hp, cfg.epochs)
     train(model, plan, task.train, task.val, LoopConfig(epochs=3, batch_size=16, lr=0.1))

@@ -3,10 +3,11 @@
 import pandas as pd
 import pytest
 
-from harness.claims import evaluate_claims
+from harness.analysis.claims import evaluate_claims
+from harness.analysis.results import RunTables
+from harness.analysis.tables import measurements_frame
 from harness.registry import STUDIES
-from harness.results import RunTables
-from harness.tables import Measurement, measurements_frame
+from harness.run.records import Measurement
 
 
 def _tables(compiled_acc: float, device: str = "cpu") -> RunTables:

@@ -6,7 +6,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from harness.tables import COLUMNS, SUMMARY_COLUMNS, load
+from harness.analysis.results import load
+from harness.analysis.tables import SUMMARY_COLUMNS
+from harness.run.records import COLUMNS
 
 
 def _only_run(out):

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.claims import evaluate_claims
-from harness.spec import load_study
-from harness.tables import Measurement, RunTables, load, measurements_frame
+from harness.analysis.claims import evaluate_claims
+from harness.analysis.results import RunTables, load
+from harness.analysis.tables import measurements_frame
+from harness.config.spec import load_study
+from harness.run.records import Measurement
 from studies.freeze_depth import claims
 
 N_BLOCKS = 5  # small_cnn: stem, block1-3, head
@@ -93,7 +95,7 @@ def test_best_frozen_depth_is_chosen_on_validation_not_test():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from harness.sweep import run_study
+    from harness.run.sweep import run_study
 
     spec = load_study("freeze_depth")
     spec = dataclasses.replace(spec, seeds=2, epochs=1, budgets=(10,),

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from harness.models import blocks, build_model
+from harness.analysis.results import load
+from harness.config.spec import load_study
+from harness.models.core import blocks, build_model
 from harness.registry import STRATEGIES
-from harness.results import load
-from harness.spec import load_study
-from harness.sweep import run_study
+from harness.run.sweep import run_study
 
 
 def test_gpu_perf_validates_and_measures_one_fixed_config_per_strategy_over_seeds():

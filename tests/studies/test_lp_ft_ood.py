@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.claims import evaluate_claims
-from harness.data import Split
-from harness.models import build_model, replace_head
-from harness.pretrain import recipe_key
-from harness.spec import load_study, spec_from_dict
-from harness.tables import load
-from harness.trial import feature_distortion
+from harness.analysis.claims import evaluate_claims
+from harness.analysis.results import load
+from harness.config.spec import load_study, spec_from_dict
+from harness.data.core import Split
+from harness.models.core import build_model, replace_head
+from harness.run.trial import feature_distortion
+from harness.train.pretrain import recipe_key
 from studies.lp_ft_ood import LP, LPFT, claims, two_layer_simulation
 
 
@@ -64,7 +64,7 @@ def test_feature_distortion_is_zero_for_the_pretrained_backbone_and_relative():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from harness.sweep import run_study
+    from harness.run.sweep import run_study
 
     spec = load_study("lp_ft_ood")
     spec = dataclasses.replace(spec, trials=1, seeds=2, epochs=2, budgets=(5,),

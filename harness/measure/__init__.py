@@ -1,0 +1,1 @@
+"""Stage 2, measurement: clocks, memory, FLOPs and the environment."""

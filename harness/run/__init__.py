@@ -1,0 +1,1 @@
+"""Stage 4, running: the sweep over cells, the run's queue and records in its Optuna storage, one trial."""

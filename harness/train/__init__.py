@@ -1,0 +1,1 @@
+"""Stage 3, training: the strategy contract, phase application, the one loop, evaluation, pretraining."""

@@ -1,0 +1,176 @@
+"""Pretraining on the source task, cached on disk by a hash of its recipe.
+
+The source task is part of the study, so backbones are trained here rather than downloaded. A
+checkpoint is ``<cache>/pretrained/<key>.pt`` with ``<key>.json`` beside it holding the recipe,
+the source validation accuracy and the checkpoint's SHA-256. The JSON is written last, so a
+checkpoint without it is incomplete; a checkpoint whose digest, format or weights do not match is
+corrupt. Either way it is rebuilt. Checkpoints load with ``weights_only=True``.
+
+A recipe's ``augment`` (``("rotate:45",)``) makes pretraining cover a shift: the source training
+split is drawn once per epoch, each example rotated by its own angle uniform in [-45, 45] degrees
+(seeded by the recipe's seed), and the loop trains one shuffled pass over the copies, so every
+example is seen ``epochs`` times, each time at a fresh angle. Validation stays unaugmented.
+
+The cache lives in ``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/finetune-harness``, else
+``~/.cache/finetune-harness``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness._io import atomic_write_bytes, atomic_write_text
+from harness.config.spec import PretrainRecipe
+from harness.data.core import Split
+from harness.data.task import load_task
+from harness.errors import UserError
+from harness.models.core import blocks, build_model
+from harness.paths import cache_dir
+from harness.train.loop import LoopConfig, train
+from harness.train.strategy import Phase, Plan
+
+log = logging.getLogger(__name__)
+
+
+CACHE_FORMAT = 1  # bump when the checkpoint layout or the pretraining code changes its result
+
+
+AUGMENTS = {"rotate": "DEG"}  # kind -> what its value means
+
+
+def recipe_key(recipe: PretrainRecipe) -> str:
+    """The cache key: a hash of the recipe and of the checkpoint format."""
+    fields = asdict(recipe)
+    if not fields["augment"]:
+        del fields["augment"]  # recipes from before the field keep their key (and checkpoint)
+    else:
+        fields["augment"] = list(fields["augment"])  # a TOML list and a tuple hash alike
+    blob = json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def parse_augment(augment) -> list[tuple[str, float]]:
+    """``("rotate:45",)`` -> ``[("rotate", 45.0)]``; a :class:`UserError` naming what is accepted.
+
+    >>> parse_augment(["rotate:45"])
+    [('rotate', 45.0)]
+    """
+    accepted = ", ".join(f"{k}:{v}" for k, v in AUGMENTS.items())
+    if isinstance(augment, str):
+        raise UserError(f"pretrain augment must be a list of names, but got the string {augment!r}.")
+    out = []
+    for name in augment:
+        kind, _, text = str(name).partition(":")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if kind not in AUGMENTS or not math.isfinite(value) or value < 0:
+            raise UserError(f"unknown pretrain augmentation {name!r}; use {accepted} with a "
+                            "finite value >= 0.")
+        out.append((kind, value))
+    return out
+
+
+def augmented(split: Split, augment, copies: int, seed: int) -> Split:
+    """``copies`` randomly augmented copies of ``split``, concatenated (on the split's device).
+
+    ``rotate:DEG``: each example of each copy is rotated by its own angle, uniform in
+    [-DEG, DEG] degrees, with the border extended (as :mod:`harness.data.shifts` rotates).
+    """
+    kinds = parse_augment(augment)
+    g = torch.Generator().manual_seed(seed)
+    xs = []
+    for _ in range(copies):
+        x = split.x.cpu()
+        for kind, value in kinds:
+            if kind == "rotate":
+                x = _rotate_each(x, (2 * torch.rand(len(x), generator=g) - 1) * value)
+        xs.append(x)
+    return Split(torch.cat(xs).to(split.x.device), split.y.repeat(copies))
+
+
+def _rotate_each(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    # harness.data.shifts._rotate with one angle per image
+    h, w = x.shape[-2:]
+    rad = torch.deg2rad(degrees.to(x.dtype))
+    c, s = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(c)
+    theta = torch.stack([torch.stack([c, -s * h / w, zero], 1),
+                         torch.stack([s * w / h, c, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    recipe: PretrainRecipe
+    state_dict: dict[str, torch.Tensor]
+    source_val_accuracy: float
+    cached: bool  # True when loaded from the cache, False when trained by this call
+    seconds: float  # pretraining wall time (of the run that built the checkpoint)
+    path: Path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_cached(recipe: PretrainRecipe, ckpt: Path, meta: Path) -> Pretrained | None:
+    """The cached checkpoint, or None (with a warning) when it is missing, incomplete or corrupt."""
+    if not ckpt.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info["sha256"] != _sha256(ckpt):
+            raise ValueError("checksum mismatch")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        task_classes = len(recipe.classes)
+        build_model(recipe.model, int(info["in_channels"]), task_classes).load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - any defect of the file means: rebuild it
+        log.warning("pretrained checkpoint %s is unusable (%s: %s); rebuilding it", ckpt, type(e).__name__, e)
+        return None
+    return Pretrained(recipe, state, float(info["source_val_accuracy"]), True, float(info["seconds"]), ckpt)
+
+
+def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cpu") -> Pretrained:
+    """The backbone pretrained by ``recipe``: from the cache when present and sound, else trained now."""
+    root = cache_dir() / "pretrained"
+    ckpt, meta = root / f"{recipe_key(recipe)}.pt", root / f"{recipe_key(recipe)}.json"
+    cached = _load_cached(recipe, ckpt, meta)
+    if cached is not None:
+        return cached
+
+    task = load_task(recipe.dataset, recipe.classes, device=device)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, task.input_shape[0], task.n_classes).to(device)
+    plan = Plan((Phase("pretrain", 0, trainable=tuple(blocks(model)), bn_mode="train"),))
+    train_split, epochs = task.train, recipe.epochs
+    t0 = time.perf_counter()
+    if recipe.augment:
+        # a fresh draw per epoch, trained as one pass: about as many steps, one cosine schedule
+        train_split, epochs = augmented(task.train, recipe.augment, recipe.epochs, recipe.seed), 1
+    cfg = LoopConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                     weight_decay=recipe.weight_decay, seed=recipe.seed)
+    result = train(model, plan, train_split, task.val, cfg)
+    seconds = time.perf_counter() - t0
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(ckpt, buf.getvalue())
+    val_acc = result.epochs[-1].val_accuracy
+    info = {
+        "recipe": asdict(recipe), "format": CACHE_FORMAT, "sha256": _sha256(ckpt),
+        "in_channels": task.input_shape[0], "source_val_accuracy": val_acc, "seconds": seconds,
+    }
+    atomic_write_text(meta, json.dumps(info, indent=2))
+    return Pretrained(recipe, state, val_acc, False, seconds, ckpt)
