@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wait this long for the run to appear in the storage (default: 0)")
     wk.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from harness.analysis import compare as compare
+    from harness.analysis import compare
     from harness.report import markdown as report
 
     compare.add_parser(sub)
@@ -159,8 +159,8 @@ _OVERRIDES = ("trials", "seeds", "epochs", "devices", "executions", "strategies"
 def cmd_study(args: argparse.Namespace) -> int:
     from harness.analysis.text import markdown_table
     from harness.config.spec import load_study
+    from harness.pipeline import resume_study, run_study
     from harness.report.markdown import summary_view
-    from harness.run.sweep import resume_study, run_study
 
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     if args.resume:
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return cmd_worker(args)
         if args.command == "compare":
-            from harness.analysis import compare as compare
+            from harness.analysis import compare
 
             return compare.main(args)
         if args.command == "report":

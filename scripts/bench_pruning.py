@@ -24,7 +24,7 @@ import pandas as pd
 
 from harness.analysis.results import load
 from harness.config.spec import load_study
-from harness.run.sweep import run_study
+from harness.pipeline import run_study
 
 
 def search_table(study: str, pruner: str, out: str, trials: int | None) -> pd.DataFrame:

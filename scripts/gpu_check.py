@@ -43,8 +43,7 @@ sys.path.insert(0, str(ROOT))  # the harness without an install, e.g. on a bare 
 from harness._io import atomic_write_text
 from harness.config.execution import AMP_DTYPES, parse_execution
 from harness.data.core import Split
-from harness.measure.env import device_name
-from harness.measure.env import environment
+from harness.measure.env import device_name, environment
 from harness.measure.flops import datasheet_peak, empirical_peak, flops_per_sample
 from harness.models.core import blocks
 from harness.train.loop import ALL_PHASES, LoopConfig, train

@@ -5,7 +5,7 @@ thing that moves.
 """
 
 from harness.registry import STRATEGIES
-from harness.train.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, optimizer_from, sgd_space
 
 
 @STRATEGIES.register("bias_only")
@@ -16,6 +16,6 @@ class BiasOnly(Strategy):
         return sgd_space(trial, lr=(1e-3, 1.0))
 
     def plan(self, blocks, hp, epochs):
-        biases = {b: ("bias",) for b in blocks[:-1]}
-        return Plan((Phase("bitfit", 0, trainable=tuple(blocks), bn_mode="eval",
-                           param_suffixes=biases),))
+        # every bias of the backbone (BatchNorm's shift included) by pattern, and the whole head
+        return Plan((Phase("bitfit", 0, trainable=(blocks[-1],), bn_mode="eval", params=("*.bias",),
+                           optimizer=optimizer_from(hp)),))

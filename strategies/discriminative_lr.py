@@ -5,7 +5,14 @@ param group, so the loop's schedule multiplies it at every step.
 """
 
 from harness.registry import STRATEGIES
-from harness.train.strategy import Phase, Plan, Strategy, layerwise_scales, sgd_space
+from harness.train.strategy import (
+    Phase,
+    Plan,
+    Strategy,
+    layerwise_scales,
+    optimizer_from,
+    sgd_space,
+)
 
 
 @STRATEGIES.register("discriminative_lr")
@@ -20,4 +27,5 @@ class DiscriminativeLR(Strategy):
 
     def plan(self, blocks, hp, epochs):
         return Plan((Phase("finetune", 0, trainable=tuple(blocks), bn_mode="train",
-                           lr_scale=layerwise_scales(blocks, float(hp["lr_decay"]))),))
+                           lr_scale=layerwise_scales(blocks, float(hp["lr_decay"])),
+                           optimizer=optimizer_from(hp)),))

@@ -1,7 +1,7 @@
 """Full fine-tuning: every block trains from the pretrained weights, with one learning rate."""
 
 from harness.registry import STRATEGIES
-from harness.train.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, optimizer_from, sgd_space
 
 
 @STRATEGIES.register("full_finetune")
@@ -12,4 +12,5 @@ class FullFinetune(Strategy):
         return sgd_space(trial)
 
     def plan(self, blocks, hp, epochs):
-        return Plan((Phase("finetune", 0, trainable=tuple(blocks), bn_mode="train"),))
+        return Plan((Phase("finetune", 0, trainable=tuple(blocks), bn_mode="train",
+                           optimizer=optimizer_from(hp)),))

@@ -5,7 +5,7 @@ example never change: they are computed once, and the head trains on them with S
 """
 
 from harness.registry import STRATEGIES
-from harness.train.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, optimizer_from, sgd_space
 
 
 @STRATEGIES.register("linear_probe")
@@ -18,4 +18,5 @@ class LinearProbe(Strategy):
 
     def plan(self, blocks, hp, epochs):
         cache = bool(hp.get("cache_features", True))  # False: a full forward pass every step
-        return Plan((Phase("probe", 0, trainable=(blocks[-1],), bn_mode="eval", cache_features=cache),))
+        return Plan((Phase("probe", 0, trainable=(blocks[-1],), bn_mode="eval", cache_features=cache,
+                           optimizer=optimizer_from(hp)),))

@@ -8,7 +8,7 @@ full learning rate, as in the paper, rather than continuing the probe's.
 """
 
 from harness.registry import STRATEGIES
-from harness.train.strategy import Phase, Plan, Strategy, sgd_space
+from harness.train.strategy import Phase, Plan, Strategy, optimizer_from, sgd_space
 
 
 @STRATEGIES.register("lp_ft")
@@ -33,7 +33,8 @@ class LPFT(Strategy):
         solver = hp.get("probe_solver", "sgd")
         probe = Phase("probe", 0, trainable=(head,), bn_mode="eval", cache_features=True,
                       solver=solver, solver_options={"C": hp.get("C", 1.0)},
-                      lr_scale={head: float(hp.get("probe_lr_scale", 10.0))})
+                      lr_scale={head: float(hp.get("probe_lr_scale", 10.0))},
+                      optimizer=optimizer_from(hp))
         finetune = Phase("finetune", probe_epochs, trainable=tuple(blocks), bn_mode="train",
-                         schedule="phase")
+                         span="phase", optimizer=optimizer_from(hp))
         return Plan((probe, finetune))

@@ -1,7 +1,7 @@
 """Partial freezing: only the top k blocks train (the freeze-depth axis of Yosinski et al. 2014)."""
 
 from harness.registry import STRATEGIES
-from harness.train.strategy import Phase, Plan, Strategy, sgd_space, top_blocks
+from harness.train.strategy import Phase, Plan, Strategy, optimizer_from, sgd_space, top_blocks
 
 MAX_K = 4  # searched k in 1..MAX_K; capped by the model's depth
 
@@ -18,4 +18,5 @@ class PartialFreeze(Strategy):
 
     def plan(self, blocks, hp, epochs):
         k = min(int(hp.get("train_top_k", 2)), len(blocks))
-        return Plan((Phase(f"top{k}", 0, trainable=top_blocks(blocks, k), bn_mode="train"),))
+        return Plan((Phase(f"top{k}", 0, trainable=top_blocks(blocks, k), bn_mode="train",
+                           optimizer=optimizer_from(hp)),))

@@ -13,6 +13,7 @@ from harness.train.strategy import (
     Plan,
     Strategy,
     layerwise_scales,
+    optimizer_from,
     sgd_space,
     top_blocks,
     unfreeze_starts,
@@ -26,7 +27,7 @@ def unfreezing_plan(blocks, hp, epochs):
     for i, start in enumerate(starts):
         k = len(blocks) if i == len(starts) - 1 else i + 1
         phases.append(Phase(f"top{k}", start, trainable=top_blocks(blocks, k), bn_mode="train",
-                            lr_scale=scales))
+                            lr_scale=scales, optimizer=optimizer_from(hp)))
     return Plan(tuple(phases))
 
 

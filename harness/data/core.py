@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from harness.config.spec import parse_dataset
 from harness.errors import UserError
 from harness.registry import DATASETS
 
@@ -29,7 +30,6 @@ SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test, per class
 SPLITS = ("train", "val", "test")
 
 
-LOADERS = ("resident", "dataloader")
 
 
 def _standardise(x: np.ndarray) -> torch.Tensor:
@@ -37,15 +37,6 @@ def _standardise(x: np.ndarray) -> torch.Tensor:
     x = x.astype(np.float32)
     return torch.from_numpy((x - x.mean()) / x.std())
 
-
-def parse_dataset(name: str, root: str | None = None) -> tuple[str, str | None]:
-    """``"cifar10"`` or ``"cifar10:/data/cifar"`` -> the registered name and the root folder.
-
-    A root written after the colon wins over ``root`` (a study's ``data_root``); datasets that
-    ship inside packages ignore it.
-    """
-    base, sep, path = name.partition(":")
-    return base, (path if sep and path else root)
 
 
 @functools.lru_cache(maxsize=8)

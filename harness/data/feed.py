@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.data.core import LOADERS
+from harness.config.spec import LOADERS
 from harness.errors import UserError
 
 __all__ = ["EpochBatches", "TrainFeed"]

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from harness.data.core import LOADERS, SPLITS, Split, Task, load_dataset, split_indices
+from harness.config.spec import LOADERS
+from harness.data.core import SPLITS, Split, Task, load_dataset, split_indices
 from harness.errors import UserError
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.models.vision_transformer import interpolate_embeddings
 
 from harness.errors import UserError
-from harness.models.core import HEAD
+from harness.models.core import HEAD, build_model
 from harness.registry import MODELS
 
 __all__ = ["TORCHVISION", "imagenet_file", "load_backbone_weights", "torchvision_keys"]
@@ -328,3 +328,10 @@ def load_backbone_weights(name: str, model: nn.Sequential, weights: str) -> None
             raise UserError(f"weights file not found: {path}; pass the path of a state dict "
                             "saved with torch.save, or weights='imagenet' for torchvision's.")
     model.load_state_dict(_fit(name, model, _read_state_dict(path), path), strict=False)
+
+
+def backbone_weights(name: str, weights: str, input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The state dict of model ``name`` with ``weights`` loaded (its head is replaced per trial)."""
+    model = build_model(name, input_shape[0], 2, image_size=input_shape[-1])
+    load_backbone_weights(name, model, weights)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -6,9 +6,9 @@ cell uses the same seed, so strategies differ only in what they do. Selection us
 seeds, and only those runs measure the **test** split.
 
 The run's plan, queue and records live in its Optuna storage (:mod:`harness.run.queue`): SQLite in
-the run folder by default, a journal file or PostgreSQL for workers. :func:`run_study` plans the
-run, works on it beside any :func:`run_worker` processes, and writes the tables from the
-storage; :func:`resume_study` finishes a run whose process was killed.
+the run folder by default, a journal file or PostgreSQL for workers. :func:`work` is one
+process's share of a run (the study process's, or a :func:`run_worker`'s); planning the run and
+writing its files is :mod:`harness.pipeline`.
 """
 
 from __future__ import annotations
@@ -16,31 +16,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import astuple, dataclass, replace
-from pathlib import Path
+from dataclasses import astuple, replace
 
 import numpy as np
 import optuna
-import pandas as pd
-import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from harness._io import atomic_write_text
-from harness.analysis.claims import evaluate_claims, write_claims
-from harness.analysis.results import load, write_tables
-from harness.analysis.tables import measurements_frame, summarize
 from harness.config.execution import parse_execution
-from harness.config.spec import StudySpec, TrialConfig, budget_label, device_problem, resolve_device
+from harness.config.spec import StudySpec, TrialConfig, budget_label, resolve_device
 from harness.data.task import load_task
 from harness.errors import UserError
-from harness.measure.env import environment
-from harness.models.core import build_model
-from harness.models.torchvision import load_backbone_weights
+from harness.models.torchvision import backbone_weights
 from harness.registry import STRATEGIES
 from harness.run.queue import (
     RECORDS,
@@ -48,34 +38,22 @@ from harness.run.queue import (
     Cell,
     RunPlan,
     best_config,
-    collect,
     find_run,
     open_storage,
-    plan_run,
     redact_url,
-    requeue_interrupted,
     run_trials,
     worker_id,
 )
-from harness.run.records import Measurement
 from harness.run.trial import TrialContext, TrialResult, failed_trial, run_trial
-from harness.train.pretrain import Pretrained, pretrained_backbone, recipe_key
+from harness.train.pretrain import pretrained_backbone
 
-__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "StudyRun", "redact_url", "resume_study", "run_study",
-           "run_worker"]
+__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "make_pruner", "make_sampler", "run_worker", "work"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tables and the progress bar say it all
 
 SEARCH_SEED = 0  # every search trial of every cell: configs differ, initialisation and order do not
 FINAL_SEEDS = 1000  # re-runs use FINAL_SEEDS + i, never the search seed
 
-
-@dataclass(frozen=True)
-class StudyRun:
-    run_dir: Path
-    summary: pd.DataFrame
-    seconds: float
-    claims: pd.DataFrame | None = None  # the study's papers' claims checked, when it has any
 
 
 def startup_trials(trials: int) -> int:
@@ -127,17 +105,6 @@ def make_sampler(spec: StudySpec, strategy: str, trial: int = 0) -> optuna.sampl
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec.trials))
 
 
-def _make_run_dir(out_root: str | Path, study: str, run_id: str) -> Path:
-    out_root = Path(out_root)
-    if out_root.exists() and not out_root.is_dir():
-        raise UserError(f"--out {str(out_root)!r} is a file; pass a folder for the runs.")
-    run_dir = out_root / study / run_id
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run folder {str(run_dir)!r}: {e.strerror}.") from None
-    return run_dir
-
 
 @contextlib.contextmanager
 def fresh_compile_cache(enabled: bool):
@@ -163,20 +130,6 @@ def fresh_compile_cache(enabled: bool):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained, device: str) -> list[Measurement]:
-    r = pre.recipe
-    base = Measurement(
-        run_id=run_id, study=spec.name, cell="pretrain", stage="pretrain", trial=0, phase="pretrain",
-        strategy="pretrain", dataset=r.dataset, model=r.model, budget="all", device=device,
-        execution="eager", seed=r.seed, split="source_val", metric="accuracy",
-        value=pre.source_val_accuracy, unit="fraction", epoch=None, status="ok",
-    )
-    return [base, replace(base, split="train", metric="pretrain_time_s", value=pre.seconds, unit="s"),
-            replace(base, split="train", metric="loaded_from_cache", value=float(pre.cached), unit="bool")]
 
 
 class _Worker:
@@ -272,12 +225,6 @@ class _Worker:
         return state, values
 
 
-def backbone_weights(name: str, weights: str, input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """The state dict of model ``name`` with ``weights`` loaded (its head is replaced per trial)."""
-    model = build_model(name, input_shape[0], 2, image_size=input_shape[-1])
-    load_backbone_weights(name, model, weights)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
 
 def _train_throughput(res: TrialResult) -> float:
     """The trial's steady-state training samples/s over the whole run (NaN when not measured)."""
@@ -320,7 +267,7 @@ def _trial_row(res: TrialResult) -> dict:
     return row
 
 
-def _work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
+def work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
     worker = _Worker(plan, device, progress)
     compiles = any(parse_execution(c.execution).compile for c in plan.cells if not c.skipped)
     with fresh_compile_cache(compiles):
@@ -332,76 +279,7 @@ def _work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
             worker.bar.close()
 
 
-def _first_device(spec: StudySpec) -> str:
-    return next(d for d in spec.devices if device_problem(d) is None)
 
-
-def run_study(
-    spec: StudySpec,
-    out_root: str | Path = "results",
-    storage: str | None = None,
-    progress: bool = True,
-) -> StudyRun:
-    """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``.
-
-    Other processes may join the run with :func:`run_worker` on the same ``storage``.
-    """
-    spec.validate(check_data=True)
-    if spec.weights is not None:  # a missing or unfit file fails before anything is written
-        shape = load_task(spec.dataset_axis[0], spec.classes, root=spec.data_root).input_shape
-        for model in spec.model_axis:
-            backbone_weights(model, spec.weights, shape)
-    store = open_storage(storage) if storage is not None else None
-    t_start = time.perf_counter()
-    run_id = new_run_id()
-    run_dir = _make_run_dir(out_root, spec.name, run_id)
-    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    store = store or open_storage(storage_url)
-    device = _first_device(spec)
-    env = environment(resolve_device(device))
-    env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
-               final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
-    atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
-    spec_dict = spec.to_dict()
-    if spec.pretrain is not None:
-        spec_dict["pretrain_key"] = recipe_key(spec.pretrain)
-    atomic_write_text(run_dir / "spec.json", json.dumps(spec_dict, indent=2))
-
-    pre_rows = []
-    if spec.pretrain is not None:
-        for model in spec.model_axis:
-            pre = pretrained_backbone(replace(spec.pretrain, model=model), device)
-            pre_rows += _pretrain_rows(run_id, spec, pre, device)
-    plan = plan_run(store, spec, run_id, pre_rows)
-    _work(store, plan, None, progress)
-    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
-
-
-def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True) -> StudyRun:
-    """Finish the run in ``run_dir`` whose process stopped: completed trials are kept, the
-    interrupted ones re-queued with their parameters, the rest run, then the tables are written."""
-    run_dir = Path(run_dir)
-    spec_file = run_dir / "spec.json"
-    if not spec_file.is_file():
-        raise UserError(f"--resume {str(run_dir)!r} is not a run folder (it has no spec.json); "
-                        "pass the folder results/<study>/<run_id> of the run to finish.")
-    env = json.loads((run_dir / "env.json").read_text())
-    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    if storage is None and not (run_dir / "optuna.db").is_file():
-        raise UserError(f"run {str(run_dir)!r} used the storage {env.get('storage')!r}; pass it "
-                        "again with --storage to resume.")
-    store = open_storage(storage_url)
-    spec_dict = json.loads(spec_file.read_text())
-    plan = find_run(store, spec_dict["name"], run_dir.name)
-    if plan is None:
-        raise UserError(f"run {run_dir.name!r} of study {spec_dict['name']!r} is not in the storage "
-                        f"{redact_url(storage_url)!r}; pass the storage the run used with --storage.")
-    t_start = time.perf_counter()
-    requeued = requeue_interrupted(store, plan)
-    if progress and requeued:
-        print(f"{spec_dict['name']}: re-queued {requeued} interrupted trial(s)")
-    _work(store, plan, None, progress)
-    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
 
 
 def run_worker(study: str, storage: str, device: str | None = None, run_id: str | None = None,
@@ -420,22 +298,4 @@ def run_worker(study: str, storage: str, device: str | None = None, run_id: str 
                             f"start one with `python -m harness study {study} --storage URL` "
                             "(or give the worker --wait SECONDS).")
         time.sleep(0.5)
-    return _work(store, plan, device, progress)
-
-
-def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float) -> StudyRun:
-    """Write the tables, plots and report of a finished run, all from the storage."""
-    from harness.report import (
-        markdown as report,  # the last stage; imported here to keep the flow one-way
-    )
-
-    rows, trial_rows = collect(store, plan)
-    measurements = measurements_frame(rows)
-    trials = pd.DataFrame(trial_rows)
-    summary = summarize(measurements, trials)
-    write_tables(run_dir, measurements, trials, summary)
-    claims = evaluate_claims(plan.spec.name, load(run_dir))
-    if len(claims):
-        write_claims(run_dir, claims)
-    report.write_reports(run_dir, seconds)
-    return StudyRun(run_dir, summary, seconds, claims)
+    return work(store, plan, device, progress)

@@ -33,11 +33,12 @@ from harness.data.core import Split, Task
 from harness.measure.env import device_name
 from harness.measure.flops import datasheet_peak, empirical_peak
 from harness.measure.memory import release_free_memory
-from harness.models.core import blocks, build_model, count_parameters, replace_head
+from harness.models.core import build_model, count_parameters, replace_head
 from harness.registry import STRATEGIES
 from harness.run.records import Measurement
 from harness.train.evaluation import evaluate, logits_in_batches
 from harness.train.loop import EpochRecord, LoopConfig, LoopResult, train
+from harness.train.strategy import build_plan
 
 __all__ = ["TrialContext", "TrialResult", "build_trial_model", "failed_trial", "feature_distortion",
            "run_trial"]
@@ -106,8 +107,7 @@ def run_trial(
     try:
         strategy = STRATEGIES.get(cfg.strategy)()
         model = build_trial_model(cfg, ctx)
-        plan = strategy.plan(blocks(model), cfg.hp, cfg.epochs)
-        plan.validate(blocks(model), cfg.epochs)
+        model, plan = build_plan(cfg.strategy, strategy, model, cfg.hp, cfg.epochs)
         bn_mode = plan.bn_modes
         execution = parse_execution(cfg.execution)
         if execution.compile:

@@ -14,24 +14,22 @@ def _is_bn(m: nn.Module) -> bool:
 
 
 def apply_phase(model: nn.Sequential, phase: Phase) -> list[dict]:
-    """Set ``requires_grad`` for ``phase`` and return its optimizer param groups (with ``lr_scale``)."""
+    """Set ``requires_grad`` for ``phase`` and return its optimizer param groups: one per block
+    with parameters to train, carrying the block's ``lr_scale`` and the parameters' full names."""
     groups = []
     for name, block in model.named_children():
-        in_phase = name in phase.trainable
-        suffixes = tuple(phase.param_suffixes.get(name, ()))
-        params = []
-        for mod in block.modules():
+        params, names = [], []
+        for mod_name, mod in block.named_modules():
             for pname, p in mod.named_parameters(recurse=False):
-                train = (
-                    in_phase
-                    and not (phase.bn_mode == "frozen" and _is_bn(mod))
-                    and (not suffixes or pname.endswith(suffixes))
-                )
+                full = ".".join(x for x in (name, mod_name, pname) if x)
+                train = phase.selects(name, full) and not (phase.bn_mode == "frozen" and _is_bn(mod))
                 p.requires_grad_(train)
                 if train:
                     params.append(p)
+                    names.append(full)
         if params:
-            groups.append({"params": params, "lr_scale": phase.scale(name), "block": name})
+            groups.append({"params": params, "lr_scale": phase.scale(name), "block": name,
+                           "names": names})
     return groups
 
 

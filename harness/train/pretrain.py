@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from harness._io import atomic_write_bytes, atomic_write_text
-from harness.config.spec import PretrainRecipe
+from harness.config.spec import PretrainRecipe, parse_augment
 from harness.data.core import Split
 from harness.data.task import load_task
-from harness.errors import UserError
 from harness.models.core import blocks, build_model
 from harness.paths import cache_dir
 from harness.train.loop import LoopConfig, train
@@ -44,7 +42,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the checkpoint layout or the pretraining code changes its result
 
 
-AUGMENTS = {"rotate": "DEG"}  # kind -> what its value means
 
 
 def recipe_key(recipe: PretrainRecipe) -> str:
@@ -57,28 +54,6 @@ def recipe_key(recipe: PretrainRecipe) -> str:
     blob = json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
-
-def parse_augment(augment) -> list[tuple[str, float]]:
-    """``("rotate:45",)`` -> ``[("rotate", 45.0)]``; a :class:`UserError` naming what is accepted.
-
-    >>> parse_augment(["rotate:45"])
-    [('rotate', 45.0)]
-    """
-    accepted = ", ".join(f"{k}:{v}" for k, v in AUGMENTS.items())
-    if isinstance(augment, str):
-        raise UserError(f"pretrain augment must be a list of names, but got the string {augment!r}.")
-    out = []
-    for name in augment:
-        kind, _, text = str(name).partition(":")
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if kind not in AUGMENTS or not math.isfinite(value) or value < 0:
-            raise UserError(f"unknown pretrain augmentation {name!r}; use {accepted} with a "
-                            "finite value >= 0.")
-        out.append((kind, value))
-    return out
 
 
 def augmented(split: Split, augment, copies: int, seed: int) -> Split:

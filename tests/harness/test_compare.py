@@ -9,8 +9,8 @@ from harness.analysis.compare import add_parser, compare_runs, fingerprint, main
 from harness.analysis.results import load
 from harness.analysis.tables import measurements_frame, summarize, write_csv
 from harness.config.spec import StudySpec
+from harness.pipeline import run_study
 from harness.run.records import Measurement
-from harness.run.sweep import run_study
 
 ENV = {  # the shape of a real env.json (harness.measure.env.environment plus run fields)
     "python": "3.11.7", "hostname": "vm", "git_commit": "a3d943d",

@@ -9,7 +9,7 @@ from harness.measure.memory import release_free_memory
 from harness.models.core import blocks, build_model
 from harness.train.loop import LoopConfig, NonFiniteLossError, cosine, train
 from harness.train.phases import apply_phase
-from harness.train.strategy import Phase, Plan
+from harness.train.strategy import Optimizer, Phase, Plan
 
 
 def _tiny_problem(n=40, seed=0):
@@ -21,7 +21,7 @@ def _tiny_problem(n=40, seed=0):
 
 def _reference_losses(model, data, cfg):
     """A hand-written loop: what loop.train promises to do, written out without the harness."""
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=Optimizer().momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     n, bs = len(data), min(cfg.batch_size, len(data))

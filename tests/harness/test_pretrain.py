@@ -95,8 +95,8 @@ def test_rotation_augmentation_draws_a_fresh_angle_per_example_and_copy():
 
 @pytest.mark.parametrize("augment", [("flip",), ("rotate:x",), ("rotate:-5",), "rotate:45"])
 def test_a_bad_augmentation_is_a_user_error_naming_what_is_accepted(augment):
+    from harness.config.spec import parse_augment
     from harness.errors import UserError
-    from harness.train.pretrain import parse_augment
 
     with pytest.raises(UserError, match="rotate"):
         parse_augment(augment)

@@ -8,11 +8,11 @@ import pytest
 
 from harness.analysis.results import load
 from harness.config.spec import StudySpec
+from harness.pipeline import run_study
 from harness.report import markdown as report
-from harness.report import plots as plots
+from harness.report import plots
 from harness.report.markdown import write_reports
 from harness.report.plots import FIGURES, draw_all
-from harness.run.sweep import run_study
 
 
 @pytest.fixture(scope="module")

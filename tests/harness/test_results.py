@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.analysis import results as results
+from harness.analysis import results
 from harness.analysis.results import load, write_tables
 from harness.analysis.tables import measurements_frame, summarize
 from harness.errors import UserError

@@ -6,8 +6,9 @@ import torch
 
 from harness.analysis.results import load
 from harness.config.spec import StudySpec
+from harness.pipeline import run_study
 from harness.run.queue import redact_url
-from harness.run.sweep import run_study, startup_trials
+from harness.run.sweep import startup_trials
 
 
 def _spec(**kw):
@@ -246,7 +247,7 @@ def test_weights_from_a_file_start_every_trial_with_a_fresh_head(tmp_path):
     from harness.config.spec import TrialConfig
     from harness.data.task import load_task
     from harness.models.core import build_model
-    from harness.run.sweep import backbone_weights
+    from harness.models.torchvision import backbone_weights
     from harness.run.trial import TrialContext, build_trial_model
 
     torch.manual_seed(5)

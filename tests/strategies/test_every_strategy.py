@@ -5,6 +5,7 @@ autograd, fast enough for every strategy); inductor, the default compiler, under
 mark for the multi-phase strategies where stale graphs would bite.
 """
 
+import fnmatch
 import math
 
 import optuna
@@ -15,8 +16,8 @@ from harness.config.execution import parse_execution
 from harness.data.core import Split
 from harness.models.core import blocks, build_model
 from harness.registry import STRATEGIES
-from harness.train.loop import LoopConfig, cosine, train
-from harness.train.strategy import BN_MODES
+from harness.train.loop import LoopConfig, train
+from harness.train.strategy import BN_MODES, build_plan, lr_factor
 
 NAMES = STRATEGIES.names()
 EPOCHS = 4
@@ -45,18 +46,18 @@ def _hp(name, seed=0, **fixed):
 
 
 def _expected_trainable(model, phase):
-    """Parameter names the phase must train, derived from the Phase's fields alone."""
+    """Parameter names the phase must train, derived from the Phase's fields alone: every
+    parameter of its blocks and every one whose full name matches a pattern, less frozen BN."""
     out = set()
-    for block in phase.trainable:
-        for mod_name, mod in getattr(model, block).named_modules():
+    for block, module in model.named_children():
+        for mod_name, mod in module.named_modules():
             is_bn = isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
             for pname, _ in mod.named_parameters(recurse=False):
-                suffixes = tuple(phase.param_suffixes.get(block, ()))
+                full = ".".join(x for x in (block, mod_name, pname) if x)
                 if phase.bn_mode == "frozen" and is_bn:
                     continue
-                if suffixes and not pname.endswith(suffixes):
-                    continue
-                out.add(".".join(x for x in (block, mod_name, pname) if x))
+                if block in phase.trainable or any(fnmatch.fnmatchcase(full, p) for p in phase.params):
+                    out.add(full)
     return out
 
 
@@ -66,8 +67,7 @@ def _run(name, execution, epochs=EPOCHS, seed=0, data=None, on_step=None, **fixe
     torch.manual_seed(seed)
     model = build_model("small_cnn", 1, 2)
     hp = _hp(name, **fixed)
-    plan = STRATEGIES.get(name)().plan(blocks(model), hp, epochs)
-    plan.validate(blocks(model), epochs)
+    model, plan = build_plan(name, STRATEGIES.get(name)(), model, hp, epochs)
     snapshots = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
     data = data or _data()
     cfg = LoopConfig(epochs=epochs, batch_size=8, lr=hp["lr"], seed=seed,
@@ -162,9 +162,11 @@ def test_effective_lr_is_base_times_scale_times_schedule_at_every_step(name):
     assert bool(seen) != lbfgs_only  # every SGD step was observed; an lbfgs probe takes none
     for step, groups in seen:
         phase = plan.phase_at(step // steps_per_epoch)
-        # one group per trainable block that has parameters to train in this phase
-        assert [b for b, _, _ in groups] == [b for b in blocks(model) if b in phase.trainable]
-        if phase.schedule == "phase":
+        # one group per block that has parameters to train in this phase, in block order
+        expected = _expected_trainable(model, phase)
+        assert [b for b, _, _ in groups] == [
+            b for b in blocks(model) if any(n.split(".")[0] == b for n in expected)]
+        if phase.span == "phase":
             first = phase.start_epoch * steps_per_epoch
             span = (plan.end_epoch(phase, EPOCHS) - phase.start_epoch) * steps_per_epoch
             progress = (step - first) / span
@@ -172,7 +174,8 @@ def test_effective_lr_is_base_times_scale_times_schedule_at_every_step(name):
             progress = step / total
         for block, lr, scale in groups:
             assert scale == phase.scale(block)
-            assert lr == pytest.approx(hp["lr"] * phase.scale(block) * cosine(progress), rel=1e-12)
+            assert lr == pytest.approx(
+                hp["lr"] * phase.scale(block) * lr_factor(phase.optimizer, progress), rel=1e-12)
 
 
 def test_discriminative_scales_decay_from_the_head():
@@ -253,7 +256,7 @@ def test_stale_graph_guard_raises_when_a_trained_block_gets_no_gradient():
     model = nn.Sequential(OrderedDict(body=Detached(), head=nn.Linear(4, 2)))
     data = Split(torch.randn(16, 4), torch.randint(0, 2, (16,)))
     plan = Plan((Phase("ft", 0, ("body", "head"), "train"),))
-    with pytest.raises(StaleGraphError, match=r"blocks \['body'\] got no gradient"):
+    with pytest.raises(StaleGraphError, match=r"blocks \['body'\] got no gradient.*'body.lin.weight'"):
         train(model, plan, data, data, LoopConfig(epochs=1, batch_size=8))
 
 

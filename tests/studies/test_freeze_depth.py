@@ -10,6 +10,7 @@ from harness.analysis.claims import evaluate_claims
 from harness.analysis.results import RunTables, load
 from harness.analysis.tables import measurements_frame
 from harness.config.spec import load_study
+from harness.run.preflight import check_runnable
 from harness.run.records import Measurement
 from studies.freeze_depth import claims
 
@@ -42,7 +43,7 @@ def _tables(test_by_n: dict[int, list[float]], val_by_n: dict[int, list[float]] 
 
 
 def test_study_validates_and_covers_every_depth():
-    spec = load_study("freeze_depth").validate(check_data=True)
+    spec = check_runnable(load_study("freeze_depth"))
     assert spec.rerun == "all" and spec.pruner == "none" and spec.sampler == "grid"
     assert spec.pretrain.dataset == "synthetic_mnist" and spec.dataset == "mnist5k"
     ks = spec.grid["partial_freeze"]["train_top_k"]
@@ -95,7 +96,7 @@ def test_best_frozen_depth_is_chosen_on_validation_not_test():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from harness.run.sweep import run_study
+    from harness.pipeline import run_study
 
     spec = load_study("freeze_depth")
     spec = dataclasses.replace(spec, seeds=2, epochs=1, budgets=(10,),

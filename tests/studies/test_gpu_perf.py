@@ -8,12 +8,13 @@ import pytest
 from harness.analysis.results import load
 from harness.config.spec import load_study
 from harness.models.core import blocks, build_model
+from harness.pipeline import run_study
 from harness.registry import STRATEGIES
-from harness.run.sweep import run_study
+from harness.run.preflight import check_runnable
 
 
 def test_gpu_perf_validates_and_measures_one_fixed_config_per_strategy_over_seeds():
-    spec = load_study("gpu_perf").validate(check_data=True)
+    spec = check_runnable(load_study("gpu_perf"))
     assert spec.dataset == "synthetic_cifar" and len(spec.model_axis) >= 2
     assert spec.executions == ("eager", "eager+bf16", "compile", "compile+bf16")
     assert spec.trials == 1 and spec.pruner == "none"  # no search

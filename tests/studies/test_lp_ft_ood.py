@@ -13,13 +13,14 @@ from harness.analysis.results import load
 from harness.config.spec import load_study, spec_from_dict
 from harness.data.core import Split
 from harness.models.core import build_model, replace_head
+from harness.run.preflight import check_runnable
 from harness.run.trial import feature_distortion
 from harness.train.pretrain import recipe_key
 from studies.lp_ft_ood import LP, LPFT, claims, two_layer_simulation
 
 
 def test_study_validates_with_its_data_and_pretrains_on_rotations():
-    spec = load_study("lp_ft_ood").validate(check_data=True)
+    spec = check_runnable(load_study("lp_ft_ood"))
     assert set(spec.strategies) == {LP, "full_finetune", LPFT}
     assert spec.ood and all(name.startswith("rotate:") for name in spec.ood)
     assert spec.pretrain.augment == ("rotate:45",)
@@ -64,7 +65,7 @@ def test_feature_distortion_is_zero_for_the_pretrained_backbone_and_relative():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from harness.run.sweep import run_study
+    from harness.pipeline import run_study
 
     spec = load_study("lp_ft_ood")
     spec = dataclasses.replace(spec, trials=1, seeds=2, epochs=2, budgets=(5,),

@@ -10,6 +10,7 @@ from harness.analysis.claims import evaluate_claims
 from harness.analysis.results import RunTables, load
 from harness.analysis.tables import measurements_frame
 from harness.config.spec import load_study
+from harness.run.preflight import check_runnable
 from harness.run.records import Measurement
 from studies.ulmfit_unfreezing import LRS, STRATEGIES, claims
 
@@ -63,7 +64,7 @@ ULMFIT_STARVES = _curve([0.40, 0.60, 0.80, 0.90, 0.94, 0.93, 0.90])
 
 
 def test_study_validates_and_sweeps_the_same_lrs_for_every_strategy():
-    spec = load_study("ulmfit_unfreezing").validate(check_data=True)
+    spec = check_runnable(load_study("ulmfit_unfreezing"))
     assert spec.strategies == STRATEGIES and spec.rerun == "all" and spec.pruner == "none"
     assert all(list(spec.grid[s]["lr"]) == LRS for s in STRATEGIES)
     # one value for every other hyperparameter: only the lr varies within a strategy
@@ -128,7 +129,7 @@ TINY_LRS = [LRS[0], 0.1, LRS[-1]]  # both edges of the grid and its middle
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from harness.run.sweep import run_study
+    from harness.pipeline import run_study
 
     spec = load_study("ulmfit_unfreezing")
     grid = {s: {**g, "lr": TINY_LRS} for s, g in spec.grid.items()}

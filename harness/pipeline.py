@@ -1,0 +1,159 @@
+"""The whole pipeline of a study, the last stage: run it, then write its tables, claims and report.
+
+:func:`run_study` checks the study (:func:`~harness.run.preflight.check_runnable`), plans the run
+into its storage, works on it beside any ``worker`` processes (:mod:`harness.run.sweep`), then
+writes every file from the storage: the tables and claims (:mod:`harness.analysis`) and the
+reports (:mod:`harness.report`). :func:`resume_study` finishes a run whose process was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from harness._io import atomic_write_text
+from harness.analysis.claims import evaluate_claims, write_claims
+from harness.analysis.results import load, write_tables
+from harness.analysis.tables import measurements_frame, summarize
+from harness.config.spec import StudySpec, device_problem, resolve_device
+from harness.errors import UserError
+from harness.measure.env import environment
+from harness.report.markdown import write_reports
+from harness.run.preflight import check_runnable
+from harness.run.queue import (
+    RunPlan,
+    collect,
+    find_run,
+    open_storage,
+    plan_run,
+    redact_url,
+    requeue_interrupted,
+)
+from harness.run.records import Measurement
+from harness.run.sweep import FINAL_SEEDS, SEARCH_SEED, work
+from harness.train.pretrain import Pretrained, pretrained_backbone, recipe_key
+
+__all__ = ["StudyRun", "new_run_id", "resume_study", "run_study"]
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    run_dir: Path
+    summary: pd.DataFrame
+    seconds: float
+    claims: pd.DataFrame | None = None  # the study's papers' claims checked, when it has any
+
+
+def _make_run_dir(out_root: str | Path, study: str, run_id: str) -> Path:
+    out_root = Path(out_root)
+    if out_root.exists() and not out_root.is_dir():
+        raise UserError(f"--out {str(out_root)!r} is a file; pass a folder for the runs.")
+    run_dir = out_root / study / run_id
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {str(run_dir)!r}: {e.strerror}.") from None
+    return run_dir
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _pretrain_rows(run_id: str, spec: StudySpec, pre: Pretrained, device: str) -> list[Measurement]:
+    r = pre.recipe
+    base = Measurement(
+        run_id=run_id, study=spec.name, cell="pretrain", stage="pretrain", trial=0, phase="pretrain",
+        strategy="pretrain", dataset=r.dataset, model=r.model, budget="all", device=device,
+        execution="eager", seed=r.seed, split="source_val", metric="accuracy",
+        value=pre.source_val_accuracy, unit="fraction", epoch=None, status="ok",
+    )
+    return [base, replace(base, split="train", metric="pretrain_time_s", value=pre.seconds, unit="s"),
+            replace(base, split="train", metric="loaded_from_cache", value=float(pre.cached), unit="bool")]
+
+
+def _first_device(spec: StudySpec) -> str:
+    return next(d for d in spec.devices if device_problem(d) is None)
+
+
+def run_study(
+    spec: StudySpec,
+    out_root: str | Path = "results",
+    storage: str | None = None,
+    progress: bool = True,
+) -> StudyRun:
+    """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``.
+
+    Other processes may join the run with :func:`run_worker` on the same ``storage``.
+    """
+    check_runnable(spec)
+    store = open_storage(storage) if storage is not None else None
+    t_start = time.perf_counter()
+    run_id = new_run_id()
+    run_dir = _make_run_dir(out_root, spec.name, run_id)
+    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    store = store or open_storage(storage_url)
+    device = _first_device(spec)
+    env = environment(resolve_device(device))
+    env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
+               final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
+    atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
+    spec_dict = spec.to_dict()
+    if spec.pretrain is not None:
+        spec_dict["pretrain_key"] = recipe_key(spec.pretrain)
+    atomic_write_text(run_dir / "spec.json", json.dumps(spec_dict, indent=2))
+
+    pre_rows = []
+    if spec.pretrain is not None:
+        for model in spec.model_axis:
+            pre = pretrained_backbone(replace(spec.pretrain, model=model), device)
+            pre_rows += _pretrain_rows(run_id, spec, pre, device)
+    plan = plan_run(store, spec, run_id, pre_rows)
+    work(store, plan, None, progress)
+    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+
+
+def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True) -> StudyRun:
+    """Finish the run in ``run_dir`` whose process stopped: completed trials are kept, the
+    interrupted ones re-queued with their parameters, the rest run, then the tables are written."""
+    run_dir = Path(run_dir)
+    spec_file = run_dir / "spec.json"
+    if not spec_file.is_file():
+        raise UserError(f"--resume {str(run_dir)!r} is not a run folder (it has no spec.json); "
+                        "pass the folder results/<study>/<run_id> of the run to finish.")
+    env = json.loads((run_dir / "env.json").read_text())
+    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    if storage is None and not (run_dir / "optuna.db").is_file():
+        raise UserError(f"run {str(run_dir)!r} used the storage {env.get('storage')!r}; pass it "
+                        "again with --storage to resume.")
+    store = open_storage(storage_url)
+    spec_dict = json.loads(spec_file.read_text())
+    plan = find_run(store, spec_dict["name"], run_dir.name)
+    if plan is None:
+        raise UserError(f"run {run_dir.name!r} of study {spec_dict['name']!r} is not in the storage "
+                        f"{redact_url(storage_url)!r}; pass the storage the run used with --storage.")
+    t_start = time.perf_counter()
+    requeued = requeue_interrupted(store, plan)
+    if progress and requeued:
+        print(f"{spec_dict['name']}: re-queued {requeued} interrupted trial(s)")
+    work(store, plan, None, progress)
+    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+
+
+def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float) -> StudyRun:
+    """Write the tables, plots and report of a finished run, all from the storage."""
+    rows, trial_rows = collect(store, plan)
+    measurements = measurements_frame(rows)
+    trials = pd.DataFrame(trial_rows)
+    summary = summarize(measurements, trials)
+    write_tables(run_dir, measurements, trials, summary)
+    claims = evaluate_claims(plan.spec.name, load(run_dir))
+    if len(claims):
+        write_claims(run_dir, claims)
+    write_reports(run_dir, seconds)
+    return StudyRun(run_dir, summary, seconds, claims)

@@ -1,0 +1,36 @@
+"""Everything a run needs, checked before it writes anything: the run stage's preflight.
+
+:meth:`StudySpec.validate <harness.config.spec.StudySpec.validate>` checks fields; this builds
+what the fields name: every task (bad classes, a budget larger than a class's training split,
+missing files), the OOD sets, the pretraining task, the weights file on every model, and
+whether any cell can run on this machine's devices.
+"""
+
+from __future__ import annotations
+
+from harness.config.spec import StudySpec
+from harness.data.shifts import check_ood
+from harness.data.task import load_task
+from harness.errors import UserError
+from harness.models.torchvision import backbone_weights
+
+__all__ = ["check_runnable"]
+
+
+def check_runnable(spec: StudySpec) -> StudySpec:
+    """Raise :class:`UserError` for the first thing of ``spec`` that cannot run here; return it."""
+    spec.validate()
+    skipped = spec.skipped_cells()
+    if len(skipped) == len(spec.devices) * len(spec.executions):
+        raise UserError(next(iter(skipped.values())))  # nothing could run: say why
+    check_ood(spec.ood)
+    for dataset in spec.dataset_axis:
+        for b in spec.budgets:
+            load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood)
+    if spec.pretrain is not None:
+        load_task(spec.pretrain.dataset, spec.pretrain.classes, root=spec.data_root)
+    if spec.weights is not None:  # a missing or unfit file fails before anything is written
+        shape = load_task(spec.dataset_axis[0], spec.classes, root=spec.data_root).input_shape
+        for model in spec.model_axis:
+            backbone_weights(model, spec.weights, shape)
+    return spec
