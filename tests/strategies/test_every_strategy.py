@@ -11,6 +11,7 @@ import math
 import optuna
 import pytest
 import torch
+from lora_example import LoRA  # beside this file (pytest puts its folder on sys.path)
 
 from harness.config.execution import parse_execution
 from harness.data.core import Split
@@ -19,7 +20,14 @@ from harness.registry import STRATEGIES
 from harness.train.loop import LoopConfig, train
 from harness.train.strategy import BN_MODES, build_plan, lr_factor
 
-NAMES = STRATEGIES.names()
+# the registry, and strategy files that exist to test the contract (a hand-written LoRA whose
+# prepare() adds parameters): every check below runs on each of them
+CONTRACT_EXAMPLES = {"lora_example": LoRA}
+NAMES = STRATEGIES.names() + sorted(CONTRACT_EXAMPLES)
+
+
+def _strategy(name):
+    return CONTRACT_EXAMPLES[name]() if name in CONTRACT_EXAMPLES else STRATEGIES.get(name)()
 EPOCHS = 4
 FAST_EXECUTIONS = ["eager", "compile:default@aot_eager"]
 
@@ -36,7 +44,7 @@ def _hp(name, seed=0, **fixed):
     Gradual unfreezing gets one block per epoch, so short runs still go through several phases.
     """
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    hp = STRATEGIES.get(name)().search_space(study.ask())
+    hp = _strategy(name).search_space(study.ask())
     if hp["lr"] > 0:
         hp["lr"] = 0.05
     if "unfreeze_every" in hp:
@@ -67,7 +75,7 @@ def _run(name, execution, epochs=EPOCHS, seed=0, data=None, on_step=None, **fixe
     torch.manual_seed(seed)
     model = build_model("small_cnn", 1, 2)
     hp = _hp(name, **fixed)
-    model, plan = build_plan(name, STRATEGIES.get(name)(), model, hp, epochs)
+    model, plan = build_plan(name, _strategy(name), model, hp, epochs)
     snapshots = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
     data = data or _data()
     cfg = LoopConfig(epochs=epochs, batch_size=8, lr=hp["lr"], seed=seed,
@@ -87,10 +95,9 @@ def test_search_space_has_lr_and_weight_decay(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plan_is_valid_and_bn_mode_is_explicit(name):
-    model = build_model("small_cnn", 1, 2)
     for seed in range(3):
-        plan = STRATEGIES.get(name)().plan(blocks(model), _hp(name, seed), epochs=10)
-        plan.validate(blocks(model), 10)
+        _, plan = build_plan(name, _strategy(name), build_model("small_cnn", 1, 2),
+                             _hp(name, seed), epochs=10)
         assert all(p.bn_mode in BN_MODES for p in plan.phases)
         assert plan.bn_modes.split(">") == [p.bn_mode for p in plan.phases]
 

@@ -1,5 +1,6 @@
 """Every registered strategy keeps its behaviour: per-step losses pinned to the values recorded
-before strategy contract v2 (commit b041205, torch 2.14.1 on this CPU), bitwise.
+before strategy contract v2 (commit b041205, torch 2.14.1 on this CPU), bitwise;
+``finetune_adamw``, which the contract made possible, is pinned from its first version.
 
 The recipe is fixed: ``small_cnn`` seeded with 0, 36 random 12x12 images labelled by the sign of
 their mean, batch 8, 4 epochs, eager, the hyperparameters stored beside the losses. A change to
