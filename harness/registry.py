@@ -22,7 +22,7 @@ from harness.errors import UserError
 
 T = TypeVar("T")
 
-__all__ = ["DATASETS", "MODELS", "STRATEGIES", "STUDIES", "Registry", "UnknownNameError"]
+__all__ = ["DATASETS", "MODELS", "SHIFTS", "STRATEGIES", "STUDIES", "Registry", "UnknownNameError"]
 
 
 class UnknownNameError(UserError, KeyError):
@@ -113,3 +113,4 @@ STRATEGIES: Registry = Registry("strategy", package="strategies")
 STUDIES: Registry = Registry("study", package="studies")
 DATASETS: Registry = Registry("dataset", package="harness.data.sources")
 MODELS: Registry = Registry("model", package="harness.models")
+SHIFTS: Registry = Registry("OOD shift", package="harness.data.shifts")

@@ -3,7 +3,7 @@
 Every dataset is a registered function returning ``(x, y)`` as CPU tensors: images ``N x C x H x W``
 (float32, standardised) and integer labels. :func:`load_task` turns one into a :class:`Task`:
 train / val / test splits for a subset of classes, optionally k labelled examples per class, and
-out-of-distribution sets (:mod:`harness.data.shifts`). With ``loader="resident"`` the splits live on the
+out-of-distribution sets (:mod:`harness.data.ood`). With ``loader="resident"`` the splits live on the
 device; with ``loader="dataloader"`` they stay CPU tensors (pinned on CUDA) and the loop feeds
 batches through a DataLoader (:mod:`harness.data.feed`).
 

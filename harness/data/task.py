@@ -26,7 +26,7 @@ def load_task(
 ) -> Task:
     """Load ``dataset`` restricted to ``classes`` with ``shots`` training examples per class.
 
-    ``root`` is the folder of on-disk datasets; ``ood`` names OOD sets (see :mod:`harness.data.shifts`)
+    ``root`` is the folder of on-disk datasets; ``ood`` names OOD sets (see :mod:`harness.data.ood`)
     built from the test split or another dataset; ``loader="dataloader"`` keeps every split on
     the CPU (pinned when ``device`` is CUDA) for the DataLoader path.
 
@@ -34,7 +34,7 @@ def load_task(
     >>> len(task.train), task.n_classes, len(task.ood["rotate:30"]) == len(task.test)
     (50, 5, True)
     """
-    from harness.data.shifts import check_ood, ood_split
+    from harness.data.ood import check_ood, ood_split
 
     if loader not in LOADERS:
         raise UserError(f"loader must be one of {LOADERS}, but got {loader!r}.")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from harness.config.spec import TrialConfig
-from harness.data.shifts import check_ood, parse_ood
+from harness.data.ood import check_ood, parse_ood
 from harness.data.task import load_task
 from harness.errors import UserError
 from harness.run.trial import TrialContext, run_trial
@@ -75,9 +75,9 @@ def test_ood_sets_follow_the_split_seed():
 @pytest.mark.parametrize("names, match", [
     (("bogus",), "unknown OOD set 'bogus'; use a dataset"),
     (("rotate",), "'rotate' needs a finite number"),
-    (("rotate:abc",), "rotate:DEG, noise:STD, contrast:FACTOR, blur:SIGMA"),
+    (("rotate:abc",), "blur:SIGMA, contrast:FACTOR, noise:STD, rotate:DEG"),
     (("rotate:nan",), "needs a finite number"),
-    (("noise:-1",), "values >= 0"),
+    (("noise:-1",), "noise >= 0"),
     (("contrast:-0.5",), "'contrast:-0.5'"),
     (("blur:-1",), "'blur:-1'"),
     (("noise:1", "noise:1"), "names \\['noise:1'\\] more than once"),

@@ -1,12 +1,7 @@
 """Out-of-distribution sets: the task's test split under a shift, or another dataset with its classes.
 
-A name is either a transform of the task's own test split, ``KIND:VALUE``:
-
-- ``rotate:DEG``: rotated by DEG degrees counter-clockwise (bilinear, border pixels extended);
-- ``noise:STD``: plus Gaussian noise of standard deviation STD (standardised units), drawn from a
-  generator seeded with the split seed, so ``noise:0.5`` and ``noise:1`` share one draw;
-- ``contrast:FACTOR``: each image's deviation from its own mean scaled by FACTOR;
-- ``blur:SIGMA``: a Gaussian blur of standard deviation SIGMA pixels;
+A name is either a transform of the task's own test split, ``KIND:VALUE``, one file per kind in
+``harness/data/shifts/`` (``rotate:DEG``, ``noise:STD``, ``contrast:FACTOR``, ``blur:SIGMA``);
 
 or a registered dataset holding the task's classes (``digits`` for an MNIST task): the test
 indices of that dataset's own split (same split seed, so they never change with the budget),
@@ -26,23 +21,15 @@ import torch.nn.functional as F
 
 from harness.data.core import Split, load_dataset, split_indices
 from harness.errors import UserError
-from harness.registry import DATASETS
+from harness.registry import DATASETS, SHIFTS
 
-__all__ = ["SHIFTS", "check_ood", "ood_split", "parse_ood"]
-
-# kind -> (smallest accepted value, what the value means)
-SHIFTS = {
-    "rotate": (-math.inf, "DEG"),
-    "noise": (0.0, "STD"),
-    "contrast": (0.0, "FACTOR"),
-    "blur": (0.0, "SIGMA"),
-}
-
+__all__ = ["check_ood", "ood_split", "parse_ood"]
 
 def _accepted() -> str:
-    shifts = ", ".join(f"{k}:{v[1]}" for k, v in SHIFTS.items())
+    shifts = ", ".join(f"{s.name}:{s.meaning}" for s in SHIFTS.values())
+    floors = ", ".join(f"{s.name} >= {s.minimum:g}" for s in SHIFTS.values() if s.minimum > -math.inf)
     return (f"use a dataset with the task's classes ({', '.join(DATASETS.names())}) or a shift of "
-            f"the test split: {shifts} (noise, contrast and blur need values >= 0)")
+            f"the test split: {shifts} ({floors})")
 
 
 def parse_ood(name: str) -> tuple[str, float | None]:
@@ -57,7 +44,7 @@ def parse_ood(name: str) -> tuple[str, float | None]:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < SHIFTS[kind][0]:
+        if not math.isfinite(value) or value < SHIFTS.get(kind).minimum:
             raise UserError(f"OOD set {name!r} needs a finite number after the colon; {_accepted()}.")
         return kind, value
     if kind not in DATASETS:
@@ -87,47 +74,11 @@ def ood_split(
     kind, value = parse_ood(name)
     if value is None:
         return _other_dataset(name, tuple(test.x.shape[1:]), classes, split_seed, root)
-    shift = {"rotate": _rotate, "contrast": _contrast, "blur": _blur}.get(kind)
-    x = _noise(test.x, value, split_seed) if kind == "noise" else shift(test.x, value)
-    return Split(x, test.y.clone())
+    return Split(SHIFTS.get(kind).apply(test.x, value, split_seed), test.y.clone())
 
 
-def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    # the border is extended rather than filled with 0: in standardised units 0 is not the
-    # background (MNIST's background is about -0.42), so a constant fill would draw corners
-    h, w = x.shape[-2:]
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    # normalised coordinates of the output pixel -> those of the input pixel it samples
-    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=x.dtype)
-    # one image's grid, expanded (not copied) over the batch
-    grid = F.affine_grid(theta[None], [1, *x.shape[1:]], align_corners=False)
-    return F.grid_sample(x, grid.expand(len(x), -1, -1, -1), mode="bilinear",
-                         padding_mode="border", align_corners=False)
 
 
-def _noise(x: torch.Tensor, std: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return x + std * torch.randn(x.shape, generator=g, dtype=x.dtype)
-
-
-def _contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
-    mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
-    return mean + factor * (x - mean)
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma == 0:
-        return x.clone()
-    radius = math.ceil(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    n_ch = x.shape[1]
-    # separable, one kernel per channel; replicate padding works for kernels wider than the image
-    out = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).repeat(n_ch, 1, 1, 1), groups=n_ch)
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(out, k.view(1, 1, -1, 1).repeat(n_ch, 1, 1, 1), groups=n_ch)
 
 
 def _other_dataset(name, shape, classes, split_seed, root) -> Split:
