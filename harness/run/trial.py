@@ -83,6 +83,19 @@ def build_trial_model(cfg: TrialConfig, ctx: TrialContext) -> torch.nn.Sequentia
     return model.to(task.device)
 
 
+@dataclass
+class _Outcome:
+    """What a trial got as far as it went (a failure keeps what came before it)."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    bn_mode: str = ""
+    result: LoopResult | None = None
+    n_trainable: int = 0
+    test_acc: float | None = None
+    ood_acc: dict[str, float] = field(default_factory=dict)
+    distortion: dict[str, float] = field(default_factory=dict)
+
+
 def run_trial(
     cfg: TrialConfig,
     ctx: TrialContext,
@@ -91,44 +104,10 @@ def run_trial(
     """Train and measure ``cfg``; never raises except for KeyboardInterrupt."""
     t0 = time.perf_counter()
     load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    epochs: list[EpochRecord] = []
-    status, error, bn_mode = "ok", "", ""
-    result: LoopResult | None = None
-    test_acc = None
-    ood_acc: dict[str, float] = {}
-    distortion: dict[str, float] = {}
-    n_trainable = 0
-
-    def record_epoch(rec: EpochRecord) -> None:
-        epochs.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
-
+    out = _Outcome()
+    status, error = "ok", ""
     try:
-        strategy = STRATEGIES.get(cfg.strategy)()
-        model = build_trial_model(cfg, ctx)
-        model, plan = build_plan(cfg.strategy, strategy, model, cfg.hp, cfg.epochs)
-        bn_mode = plan.bn_modes
-        execution = parse_execution(cfg.execution)
-        if execution.compile:
-            # every trial compiles from a clean slate: its compile time is its own, and no
-            # trial inherits another's graphs or runs into dynamo's recompile limit
-            torch._dynamo.reset()
-        loop_cfg = LoopConfig(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=float(cfg.hp["lr"]),
-            weight_decay=float(cfg.hp.get("weight_decay", 0.0)), seed=cfg.seed,
-            execution=execution, loader=cfg.loader, loader_workers=cfg.loader_workers,
-        )
-        release_free_memory()  # earlier trials' garbage must not count as this trial's memory
-        result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
-        n_trainable = count_parameters(model, trainable_only=True)
-        if cfg.stage == "final":
-            test_acc, _ = evaluate(model, ctx.task.test)
-            ood_acc = _ood_accuracy(model, cfg, ctx.task)
-            if ctx.pretrained is not None and cfg.ood:
-                splits = {"test": ctx.task.test,
-                          **{f"ood:{name}": split for name, split in ctx.task.ood.items()}}
-                distortion = feature_distortion(model, ctx.pretrained, splits)
+        _train_and_evaluate(cfg, ctx, out, on_epoch)
     except optuna.TrialPruned:
         status = "pruned"
     except Exception as e:  # noqa: BLE001 - a failed trial is a row, not a crash of the study
@@ -138,12 +117,47 @@ def run_trial(
             error += " " + traceback.format_exc(limit=-1).strip().splitlines()[-1]
     seconds = time.perf_counter() - t0
     # a failed run's last accuracy must never reach selection: NaN makes Optuna mark it FAIL
-    val_acc = epochs[-1].val_accuracy if epochs and status != "failed" else float("nan")
-    records = _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc,
-                       distortion)
+    val_acc = out.epochs[-1].val_accuracy if out.epochs and status != "failed" else float("nan")
+    records = _records(cfg, ctx, status, out.epochs, out.result, out.test_acc, seconds,
+                       out.n_trainable, out.ood_acc, out.distortion)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
-    return TrialResult(cfg, status, error, val_acc, test_acc, seconds, bn_mode, tuple(records),
-                       ood_acc, distortion)
+    return TrialResult(cfg, status, error, val_acc, out.test_acc, seconds, out.bn_mode,
+                       tuple(records), out.ood_acc, out.distortion)
+
+
+def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
+                        on_epoch: Callable[[EpochRecord], None] | None) -> None:
+    """Build the model and the strategy's plan, train, and (final runs) evaluate test and OOD."""
+
+    def record_epoch(rec: EpochRecord) -> None:
+        out.epochs.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+
+    strategy = STRATEGIES.get(cfg.strategy)()
+    model = build_trial_model(cfg, ctx)
+    model, plan = build_plan(cfg.strategy, strategy, model, cfg.hp, cfg.epochs)
+    out.bn_mode = plan.bn_modes
+    execution = parse_execution(cfg.execution)
+    if execution.compile:
+        # every trial compiles from a clean slate: its compile time is its own, and no
+        # trial inherits another's graphs or runs into dynamo's recompile limit
+        torch._dynamo.reset()
+    loop_cfg = LoopConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=float(cfg.hp["lr"]),
+        weight_decay=float(cfg.hp.get("weight_decay", 0.0)), seed=cfg.seed,
+        execution=execution, loader=cfg.loader, loader_workers=cfg.loader_workers,
+    )
+    release_free_memory()  # earlier trials' garbage must not count as this trial's memory
+    out.result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
+    out.n_trainable = count_parameters(model, trainable_only=True)
+    if cfg.stage == "final":
+        out.test_acc, _ = evaluate(model, ctx.task.test)
+        out.ood_acc = _ood_accuracy(model, cfg, ctx.task)
+        if ctx.pretrained is not None and cfg.ood:
+            splits = {"test": ctx.task.test,
+                      **{f"ood:{name}": split for name, split in ctx.task.ood.items()}}
+            out.distortion = feature_distortion(model, ctx.pretrained, splits)
 
 
 def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult:
@@ -251,39 +265,11 @@ def _loop_rows(add, cfg, result):
     peaks, kind = [], "cpu_rss"
     add("eval_flops_per_sample", result.eval_flops_per_sample, "FLOP", split="val")
     for phase, st in result.phases.items():
-        tp = result.throughput[phase]
-        w = tp.warmup_steps
-        add("graphs_compiled", st.graphs_compiled, "count", phase=phase)
-        add("timed_recompiles", st.timed_recompiles, "count", phase=phase)
-        if st.graphs_compiled:
-            # the steps that compiled, compilation included (their excess over a steady step
-            # is the compile cost; both are in the table)
-            add("compile_steps_s", st.compile_steps_s, "s", phase=phase)
-        if st.feature_cache_s:
-            add("feature_cache_s", st.feature_cache_s, "s", phase=phase)
-        if st.solver_s:
-            add("solver_s", st.solver_s, "s", phase=phase)
-        for part in ("forward", "backward", "optimizer", "data"):
-            add(f"{part}_p50_s", _p50(getattr(st, f"{part}_s"), w), "s", phase=phase)
-        add("optimizer_state_bytes", st.optimizer_state_bytes, "bytes", phase=phase)
-        ev = result.eval_throughput[phase]
-        add("samples_per_s", ev.samples_per_s, "samples/s", phase=phase, split="val")
-        add("timed_passes", ev.timed_steps, "count", phase=phase, split="val")
-        add("train_flops_per_sample", st.train_flops_per_sample, "FLOP", phase=phase)
-        achieved = st.train_flops_per_sample * tp.samples_per_s
-        secs = sum(st.step_seconds[w:])
-        flops_done += st.train_flops_per_sample * sum(st.batch_sizes[w:])
+        flops, secs, mem_kind = _phase_rows(add, phase, st, result, device, emp_peak, sheet_peak)
+        flops_done += flops
         timed_s += secs
-        add("achieved_flops_per_s", achieved, "FLOP/s", phase=phase)
-        add("utilisation_empirical", achieved / emp_peak, "fraction", phase=phase)
-        if sheet_peak:
-            add("utilisation_datasheet", achieved / sheet_peak, "fraction", phase=phase)
         if st.memory is not None:
-            kind = st.memory.kind
-            add(f"peak_{kind}", st.memory.peak_bytes, "bytes", phase=phase)
-            add(f"peak_{kind}_increase", st.memory.increase_bytes, "bytes", phase=phase)
-            if device.type == "cuda":
-                add("peak_cuda_reserved", st.memory.reserved_bytes, "bytes", phase=phase)
+            kind = mem_kind
             peaks.append(st.memory.peak_bytes)
     for phase, tp in result.throughput.items():
         add("samples_per_s", tp.samples_per_s, "samples/s", phase=phase)
@@ -307,3 +293,39 @@ def _loop_rows(add, cfg, result):
         # the trial: the highest phase peak, and its rise over the memory at the loop's start
         add(f"peak_{kind}", max(peaks), "bytes")
         add(f"peak_{kind}_increase", max(peaks) - result.memory_start_bytes, "bytes")
+
+
+def _phase_rows(add, phase, st, result, device, emp_peak, sheet_peak) -> tuple[float, float, str]:
+    """One phase's rows; returns its timed FLOPs, timed seconds and memory kind."""
+    tp = result.throughput[phase]
+    w = tp.warmup_steps
+    add("graphs_compiled", st.graphs_compiled, "count", phase=phase)
+    add("timed_recompiles", st.timed_recompiles, "count", phase=phase)
+    if st.graphs_compiled:
+        # the steps that compiled, compilation included (their excess over a steady step
+        # is the compile cost; both are in the table)
+        add("compile_steps_s", st.compile_steps_s, "s", phase=phase)
+    if st.feature_cache_s:
+        add("feature_cache_s", st.feature_cache_s, "s", phase=phase)
+    if st.solver_s:
+        add("solver_s", st.solver_s, "s", phase=phase)
+    for part in ("forward", "backward", "optimizer", "data"):
+        add(f"{part}_p50_s", _p50(getattr(st, f"{part}_s"), w), "s", phase=phase)
+    add("optimizer_state_bytes", st.optimizer_state_bytes, "bytes", phase=phase)
+    ev = result.eval_throughput[phase]
+    add("samples_per_s", ev.samples_per_s, "samples/s", phase=phase, split="val")
+    add("timed_passes", ev.timed_steps, "count", phase=phase, split="val")
+    add("train_flops_per_sample", st.train_flops_per_sample, "FLOP", phase=phase)
+    achieved = st.train_flops_per_sample * tp.samples_per_s
+    add("achieved_flops_per_s", achieved, "FLOP/s", phase=phase)
+    add("utilisation_empirical", achieved / emp_peak, "fraction", phase=phase)
+    if sheet_peak:
+        add("utilisation_datasheet", achieved / sheet_peak, "fraction", phase=phase)
+    kind = ""
+    if st.memory is not None:
+        kind = st.memory.kind
+        add(f"peak_{kind}", st.memory.peak_bytes, "bytes", phase=phase)
+        add(f"peak_{kind}_increase", st.memory.increase_bytes, "bytes", phase=phase)
+        if device.type == "cuda":
+            add("peak_cuda_reserved", st.memory.reserved_bytes, "bytes", phase=phase)
+    return (st.train_flops_per_sample * sum(st.batch_sizes[w:]), sum(st.step_seconds[w:]), kind)
