@@ -9,7 +9,7 @@ whether any cell can run on this machine's devices.
 from __future__ import annotations
 
 from harness.config.spec import StudySpec
-from harness.data.shifts import check_ood
+from harness.data.ood import check_ood
 from harness.data.task import load_task
 from harness.errors import UserError
 from harness.models.torchvision import backbone_weights
