@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness.errors import UserError
 
@@ -17,6 +19,7 @@ EXAMPLES = """examples:
   python -m harness study finetune_vs_probe --devices cpu,cuda:0 --objectives accuracy,throughput
   python -m harness study finetune_vs_probe --resume results/finetune_vs_probe/<run_id>
   python -m harness study S --storage journal:/tmp/s.log & python -m harness worker S --storage journal:/tmp/s.log
+  python -m harness worker S --storage env:HARNESS_STORAGE    the URL from a variable, out of ps
   python -m harness list strategies
 """
 
@@ -65,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-runs of each cell's best config with fresh seeds (default: the study's)")
     st.add_argument("--epochs", type=_positive_int, help="training epochs per trial (default: the study's)")
     st.add_argument("--storage", metavar="URL",
-                    help="Optuna storage URL (default: sqlite:///<run folder>/optuna.db)")
+                    help="Optuna storage URL, or env:VAR / file:PATH to read it from a variable or "
+                         "a file, out of `ps` (default: sqlite:///<run folder>/optuna.db)")
     st.add_argument("--out", metavar="DIR", default="results",
                     help="root folder of run outputs; the run goes to DIR/<study>/<run_id> (default: results)")
     st.add_argument("--device", "--devices", dest="devices", metavar="LIST", type=_labels,
@@ -104,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wk.add_argument("study", help="the study's name")
     wk.add_argument("--storage", metavar="URL", required=True,
-                    help="the run's storage: journal:PATH (one machine) or postgresql://... (many)")
+                    help="the run's storage: journal:PATH (one machine) or postgresql://... "
+                         "(many); env:VAR or file:PATH reads the URL from a variable or a file")
     wk.add_argument("--device", metavar="D",
                     help="run on D and take only the cells of its kind (default: each cell's device)")
     wk.add_argument("--run", metavar="RUN_ID", help="the run to join (default: the newest)")
@@ -134,6 +139,38 @@ def _describe(obj) -> str:
         doc = getattr(obj, "__doc__", "") or ""
         desc = doc.strip().splitlines()[0] if doc.strip() else ""
     return desc
+
+
+def storage_url(value: str | None) -> str | None:
+    """The storage URL that ``--storage`` names: ``env:VAR`` reads it from the environment
+    variable VAR and ``file:PATH`` from the file PATH, so that a password never shows in ``ps``;
+    anything else is the URL itself.
+
+    >>> storage_url("journal:/tmp/s.log")
+    'journal:/tmp/s.log'
+    """
+    if value is None or not value.startswith(("env:", "file:")):
+        return value
+    kind, _, name = value.partition(":")
+    if not name:
+        raise UserError(f"--storage {value!r} names no {'variable' if kind == 'env' else 'file'}; "
+                        "write env:VAR or file:PATH, e.g. env:HARNESS_STORAGE.")
+    if kind == "env":
+        url = os.environ.get(name, "").strip()
+        if not url:
+            raise UserError(f"--storage {value!r}: the environment variable {name} is not set or "
+                            f"empty; export {name}=postgresql://user:pass@host/db (the run's "
+                            "storage URL) first.")
+        return url
+    try:
+        url = Path(name).expanduser().read_text().strip()
+    except OSError as e:
+        raise UserError(f"--storage {value!r}: cannot read {name!r} ({e.strerror}); write the "
+                        "storage URL into that file (chmod 600) or pass another.") from None
+    if not url:
+        raise UserError(f"--storage {value!r}: the file {name!r} is empty; write the storage URL "
+                        "into it.")
+    return url
 
 
 def cmd_list(kind: str) -> int:
@@ -207,6 +244,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "storage"):  # every command that takes --storage
+            args.storage = storage_url(args.storage)
         if args.command == "list":
             return cmd_list(args.kind)
         if args.command == "env":

@@ -124,3 +124,60 @@ def test_a_worker_with_no_run_to_join_exits_2(run_cli, tmp_path):
     res = run_cli("worker", "finetune_vs_probe", "--storage", f"journal:{tmp_path / 'j.log'}")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "no unfinished run of study 'finetune_vs_probe'" in res.stderr
+
+
+@pytest.mark.parametrize("how", ["file", "env"])
+def test_the_storage_url_can_come_from_a_file_or_a_variable_out_of_ps(tmp_path, monkeypatch,
+                                                                       capsys, how):
+    from harness.cli import main
+
+    url = "postgresql://me:secret@db.lab/harness"
+    if how == "file":
+        (tmp_path / "storage").write_text(url + "\n")
+        arg = f"file:{tmp_path / 'storage'}"
+    else:
+        monkeypatch.setenv("HARNESS_TEST_STORAGE", url)
+        arg = "env:HARNESS_TEST_STORAGE"
+    got = {}
+
+    def worker(study, storage, **kwargs):  # what the worker would open
+        got["storage"] = storage
+        return 0
+
+    monkeypatch.setattr("harness.run.sweep.run_worker", worker)
+    assert main(["worker", "s", "--storage", arg]) == 0
+    assert got == {"storage": url}
+    assert "secret" not in capsys.readouterr().out
+
+
+def test_a_study_reads_its_storage_from_a_file_and_still_masks_the_password(tmp_path, capsys):
+    from harness.cli import main
+
+    (tmp_path / "storage").write_text("notadb://u:secret@h/x")
+    code = main(["study", "finetune_vs_probe", "--storage", f"file:{tmp_path / 'storage'}",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot open Optuna storage 'notadb://u:***@h/x'" in err, err
+    assert "secret" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command, storage, needle", [
+    ("worker", "file:{tmp}/missing", "--storage 'file:{tmp}/missing': cannot read '{tmp}/missing'"),
+    ("study", "file:{tmp}/missing", "cannot read '{tmp}/missing' (No such file or directory)"),
+    ("worker", "file:{tmp}/empty", "the file '{tmp}/empty' is empty; write the storage URL"),
+    ("worker", "env:HARNESS_TEST_UNSET", "variable HARNESS_TEST_UNSET is not set or empty; export"),
+    ("study", "env:HARNESS_TEST_UNSET", "the environment variable HARNESS_TEST_UNSET is not set"),
+    ("worker", "env:", "--storage 'env:' names no variable; write env:VAR or file:PATH"),
+])
+def test_a_missing_storage_file_or_variable_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys,
+                                                                  command, storage, needle):
+    from harness.cli import main
+
+    monkeypatch.delenv("HARNESS_TEST_UNSET", raising=False)
+    (tmp_path / "empty").write_text("\n")
+    extra = ["--out", str(tmp_path / "out")] if command == "study" else []
+    code = main([command, "finetune_vs_probe", "--storage", storage.format(tmp=tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and needle.format(tmp=tmp_path) in err
+    assert not (tmp_path / "out").exists()

@@ -185,14 +185,21 @@ def fingerprint(env: dict) -> str:
     parts = {k: flat.get(k) for k in FINGERPRINT_KEYS}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     device = re.sub(r"[^a-z0-9]+", "-", str(parts["device_name"] or "unknown").lower()).strip("-")[:24]
-    return f"{device}-torch{parts['versions.torch']}-{digest}"
+    version = re.sub(r"[^\w.+-]+", "-", str(parts["versions.torch"]))  # a folder name: no "/"
+    return f"{device}-torch{version}-{digest}"
 
 
 def save_baseline(run_dir: str | Path, root: str | Path = "results/baselines") -> Path:
     """Copy a run's tables, environment and spec to ``root/<fingerprint>/<study>/<run_id>/``."""
+    from harness.config.spec import safe_component  # imports torch, which --help need not
+
     run_dir = Path(run_dir)
     run = _load(run_dir, "--save-baseline")
-    study, run_id = str(run.spec.get("name", "unknown")), str(run.env.get("run_id") or run_dir.name)
+    # both come from the run's own files, which may have been edited: each must stay one folder
+    study = safe_component(str(run.spec.get("name", "unknown")),
+                           f"the study name in {str(run_dir / 'spec.json')!r}")
+    run_id = safe_component(str(run.env.get("run_id") or run_dir.name),
+                            f"the run_id in {str(run_dir / 'env.json')!r}")
     dest = Path(root) / fingerprint(run.env) / study / run_id
     for name in (*BASELINE_FILES, "measurements.parquet", "trials.parquet", "summary.parquet"):
         if (run_dir / name).is_file():  # Parquet copies only where the run has them
@@ -202,7 +209,10 @@ def save_baseline(run_dir: str | Path, root: str | Path = "results/baselines") -
 
 def find_baseline(candidate: RunTables, root: str | Path = "results/baselines") -> Path:
     """The newest saved baseline of the candidate's study and fingerprint (run ids sort by time)."""
-    fp, study = fingerprint(candidate.env), str(candidate.spec.get("name", "unknown"))
+    from harness.config.spec import safe_component
+
+    fp = fingerprint(candidate.env)
+    study = safe_component(str(candidate.spec.get("name", "unknown")), "the candidate's study name")
     runs = sorted(p for p in (Path(root) / fp / study).glob("*") if (p / "env.json").is_file())
     if not runs:
         others = sorted({p.parent.name for p in Path(root).glob(f"*/{study}")})

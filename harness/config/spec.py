@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
     "device_problem",
     "load_study",
     "resolve_device",
+    "safe_component",
     "spec_from_dict",
 ]
 
@@ -88,6 +90,26 @@ def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("accuracy", "throughput")
 SAMPLERS = ("tpe", "random", "grid")
+
+
+def safe_component(value: object, what: str) -> str:
+    """``value`` if it can name one folder or file inside another, else a :class:`UserError`.
+
+    A name that becomes a path (a study's name, a run id read back from a run's files) must not
+    climb out of the folder it is joined to. It lives here, not in ``harness.paths``, because
+    that module sits beside ``harness.errors`` in the layers and may not import it.
+
+    >>> safe_component("finetune_vs_probe", "study name")
+    'finetune_vs_probe'
+    """
+    text = value if isinstance(value, str) else ""
+    if (text in ("", ".", "..") or "/" in text or "\\" in text
+            or any(ord(c) < 32 or ord(c) == 127 for c in text)):
+        fixed = re.sub(r"[^\w.-]+", "_", str(value)).strip("._")
+        raise UserError(f"{what} must be a single folder name, but got {value!r} (it may not be "
+                        f"empty, '.' or '..', nor hold '/', '\\' or control characters); rename "
+                        f"it" + (f", e.g. {fixed!r}." if fixed else "."))
+    return text
 
 
 def budget_label(shots: int | None) -> str:
@@ -199,6 +221,7 @@ class StudySpec:
         (:func:`harness.run.preflight.check_runnable`).
         """
         _check_types(self, _SPEC_TYPES, "study")
+        safe_component(self.name, "study name")  # the run folder is <out>/<name>/<run_id>
         if self.pretrain is not None:
             if not isinstance(self.pretrain, PretrainRecipe):
                 raise UserError(f"pretrain must be a table of PretrainRecipe fields, but got {self.pretrain!r}.")

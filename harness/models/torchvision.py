@@ -20,6 +20,7 @@ import functools
 import itertools
 import math
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,8 @@ from harness.errors import UserError
 from harness.models.core import HEAD, build_model
 from harness.registry import MODELS
 
-__all__ = ["TORCHVISION", "imagenet_file", "load_backbone_weights", "torchvision_keys"]
+__all__ = ["TORCHVISION", "imagenet_file", "load_backbone_weights", "load_error", "refusal",
+           "torchvision_keys"]
 
 Blocks = list[tuple[str, nn.Module]]
 _LAYOUTS: dict[str, Callable[[nn.Module], Blocks]] = {}
@@ -248,17 +250,53 @@ def imagenet_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+_TORCH_REFUSED = "Weights only load failed"  # how torch opens every weights_only=True failure
+
+
+def refusal(error: BaseException) -> str | None:
+    """Why ``torch.load(..., weights_only=True)`` refused a file for holding code, as one
+    clause, or None when ``error`` is no such refusal (a truncated file, say).
+
+    torch words it as advice on how to load the file anyway; that is left out here, because
+    the file itself is what is unsafe.
+
+    >>> refusal(RuntimeError("Weights only load failed. ... GLOBAL os.system was not ..."))
+    'it holds code or objects that are not tensors (the pickle names os.system)'
+    """
+    text = str(error)
+    if _TORCH_REFUSED not in text:
+        return None
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return f"it holds code or objects that are not tensors (the pickle names {found[1]})"
+    if re.search(r"reduce for unrecognized function|create new object", text):
+        return "it holds code or objects that are not tensors"
+    return None
+
+
+def load_error(error: BaseException) -> str:
+    """``error`` of ``torch.load`` in one line: its type and first line, or for a file torch's
+    tensor-only unpickler could not read, the instruction it stopped at (not torch's advice
+    to load the file with ``weights_only=False``)."""
+    text = str(error)
+    if _TORCH_REFUSED in text:
+        found = re.search(r"Unsupported operand \d+|String is too long", text)
+        text = found[0] if found else "not readable by torch's tensor-only unpickler"
+    return f"{type(error).__name__}: {(text.splitlines() or [''])[0][:200]}"
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol: the error below says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - refused global, not from torch.save, truncated, ...
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if refused:
-            raise UserError(f"weights file {path} holds a pickled {refused[1]}, not only tensors; "
-                            "save model.state_dict() with torch.save.") from None
-        first = (str(e).splitlines() or [""])[0][:200]
+        if why := refusal(e):
+            raise UserError(f"weights file {path} was refused for safety: {why}; the harness "
+                            "loads only tensors: save model.state_dict() with torch.save and pass "
+                            "that file.") from None
         raise UserError(f"weights file {path} is not a file written by torch.save "
-                        f"({type(e).__name__}: {first}).") from None
+                        f"({load_error(e)}).") from None
     for wrapper in ("state_dict", "model"):  # training checkpoints often nest the weights
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

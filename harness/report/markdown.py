@@ -19,7 +19,7 @@ import pandas as pd
 from harness._io import atomic_write_text
 from harness.analysis.results import RunTables, load
 from harness.analysis.tables import execution_comparison
-from harness.analysis.text import _text_col, markdown_table
+from harness.analysis.text import _text_col, cell_text, markdown_table
 from harness.errors import UserError
 from harness.report.plots import Plot, draw_all
 
@@ -239,21 +239,42 @@ def title(run: RunTables) -> str:
     return f"{run.spec.get('name', 'study')}: run {run.env.get('run_id', '')}"
 
 
+def _safe(text: str) -> str:
+    """``text`` with any HTML in it shown, not run, as report.html escapes it.
+
+    Everywhere, code spans included: whether a backtick opens one depends on the Markdown
+    flavour (a GFM table row splits a span at ``|``), so sparing them would let some tag
+    through; the price is that a ``<`` in `code` shows as ``&lt;``.
+
+    >>> _safe("<b>R&D</b>")
+    '&lt;b>R&amp;D&lt;/b>'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
+def _safe_table(df: pd.DataFrame) -> pd.DataFrame:
+    rows = [[_safe(cell_text(v)) for v in row] for row in df.itertuples(index=False)]
+    return pd.DataFrame(rows, columns=[_safe(str(c)) for c in df.columns])
+
+
 def render_markdown(run: RunTables, parts: list[Section]) -> str:
-    lines = [f"# {title(run)}", ""]
+    """The report as Markdown; names, descriptions and errors come from the run's files, so
+    every text is escaped (:func:`_safe`) and only the report's own HTML is live."""
+    lines = [f"# {_safe(title(run))}", ""]
     for sec in parts:
-        lines += [f"## {sec.title}", ""]
+        lines += [f"## {_safe(sec.title)}", ""]
         if sec.text:
-            lines += [sec.text, ""]
-        if sec.raw:
+            lines += [_safe(sec.text), ""]
+        if sec.raw:  # JSON in a fence is shown as it is: none of its lines can close the fence
             lines += ["<details><summary>json</summary>", "", "```json", sec.raw, "```",
                       "</details>", ""]
         elif sec.table is not None:
-            lines += [markdown_table(sec.table), ""]
+            lines += [markdown_table(_safe_table(sec.table)), ""]
         for p in sec.plots:
-            lines += [f"### {p.title}", "", p.caption, ""]
-            lines += [f"*Omitted: {p.omitted}.*" if p.omitted
-                      else f"![{p.title}](plots/{p.png.name}) ([SVG](plots/{p.svg.name}))", ""]
+            lines += [f"### {_safe(p.title)}", "", _safe(p.caption), ""]
+            lines += [f"*Omitted: {_safe(p.omitted)}.*" if p.omitted
+                      else f"![{_safe(p.title)}](plots/{p.png.name}) ([SVG](plots/{p.svg.name}))",
+                      ""]
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from harness.config.spec import PretrainRecipe, parse_augment
 from harness.data.core import Split
 from harness.data.task import load_task
 from harness.models.core import blocks, build_model
+from harness.models.torchvision import load_error, refusal
 from harness.paths import cache_dir
 from harness.train.loop import LoopConfig, train
 from harness.train.strategy import Phase, Plan
@@ -112,7 +113,13 @@ def _load_cached(recipe: PretrainRecipe, ckpt: Path, meta: Path) -> Pretrained |
         task_classes = len(recipe.classes)
         build_model(recipe.model, int(info["in_channels"]), task_classes).load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - any defect of the file means: rebuild it
-        log.warning("pretrained checkpoint %s is unusable (%s: %s); rebuilding it", ckpt, type(e).__name__, e)
+        # one line, and never torch's advice to load a refused file with weights_only=False
+        if why := refusal(e):
+            log.warning("pretrained checkpoint %s was refused for safety: %s; rebuilding it",
+                        ckpt, why)
+        else:
+            log.warning("pretrained checkpoint %s is unusable (%s); rebuilding it", ckpt,
+                        load_error(e))
         return None
     return Pretrained(recipe, state, float(info["source_val_accuracy"]), True, float(info["seconds"]), ckpt)
 

@@ -230,9 +230,11 @@ def test_missing_weights_file_and_models_without_imagenet_weights_are_user_error
 
 
 @pytest.mark.parametrize("content, message", [
-    (nn.Linear(2, 2), "holds a pickled torch.nn.modules.linear.Linear, not only tensors"),
+    (nn.Linear(2, 2), ("was refused for safety: it holds code or objects that are not tensors "
+                       r"\(the pickle names torch.nn.modules.linear.Linear\)")),
     ({"epoch": 3}, r"is not a state dict \(names -> tensors\): found 'epoch': int"),
-    (b"not a checkpoint", "is not a file written by torch.save"),
+    (b"not a checkpoint", (r"is not a file written by torch.save \(UnpicklingError: "
+                           r"Unsupported operand 110\)\.$")),
     ("resnet_small", "does not fit model 'mobilenet_v3_small': keys .* missing .* unexpected"),
 ])
 def test_a_file_that_is_not_matching_weights_is_a_one_line_user_error(tmp_path, content, message):
@@ -246,6 +248,65 @@ def test_a_file_that_is_not_matching_weights_is_a_one_line_user_error(tmp_path, 
     with pytest.raises(UserError, match=message) as e:
         load_backbone_weights("mobilenet_v3_small", build_model("mobilenet_v3_small", 3, 5), path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+class _Opens:
+    """Unpickled with full trust, this object opens (creates) ``path``: code in a weights file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _malicious(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "w.pth"
+    torch.save({"stem.0.weight": torch.zeros(1), "extra": _Opens(marker)}, path)
+    return path, marker
+
+
+def test_a_pickle_holding_code_is_refused_for_safety_in_plain_words(tmp_path):
+    path, marker = _malicious(tmp_path)
+    with pytest.raises(UserError) as e:
+        load_backbone_weights("resnet_small", build_model("resnet_small", 3, 5), path)
+    msg = str(e.value)
+    assert msg == (f"weights file {path} was refused for safety: it holds code or objects that are "
+                   "not tensors (the pickle names io.open); the harness loads only tensors: save "
+                   "model.state_dict() with torch.save and pass that file.")
+    assert "weights_only" not in msg and "trust" not in msg  # no advice to load it anyway
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol, message", [
+    (2, (r"was refused for safety: it holds code or objects that are not tensors \(the pickle "
+         r"names io.open\)")),
+    (5, r"is not a file written by torch.save \(UnpicklingError: Unsupported operand 149\)\.$"),
+])
+def test_a_plain_pickle_holding_code_is_refused_without_advice_to_load_it(tmp_path, recwarn,
+                                                                           protocol, message):
+    import pickle
+
+    marker, path = tmp_path / "ran", tmp_path / "w.pkl"
+    path.write_bytes(pickle.dumps({"w": _Opens(marker)}, protocol=protocol))
+    with pytest.raises(UserError, match=message) as e:
+        load_backbone_weights("resnet_small", build_model("resnet_small", 3, 5), path)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists() and not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_a_study_with_such_weights_exits_2_with_one_line(tmp_path, capsys):
+    from harness.cli import main
+
+    path, marker = _malicious(tmp_path)
+    f = tmp_path / "s.toml"
+    f.write_text(f'dataset = "digits"\nstrategies = ["linear_probe"]\nmodel = "resnet_small"\n'
+                 f'weights = "{path}"\n')
+    assert main(["study", str(f), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "was refused for safety" in err, err
+    assert "weights_only" not in err and not marker.exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES.names())

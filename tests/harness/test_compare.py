@@ -178,6 +178,35 @@ def test_save_baseline_files_a_run_by_fingerprint_and_latest_finds_the_newest(tm
     assert f"baseline:  {saved}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("file, key, value", [
+    ("spec.json", "name", "../../../escaped"), ("spec.json", "name", "ABS"),
+    ("env.json", "run_id", "../../escaped"), ("env.json", "run_id", ".."),
+])
+def test_save_baseline_refuses_a_study_name_or_run_id_that_is_not_one_folder(
+        tmp_path, capsys, file, key, value):
+    """Both come from the run's own files: edited, they must not steer the copy elsewhere."""
+    run = _run(tmp_path / "runs", "20260101-000000-aaaa", {THROUGHPUT: _noisy(1000.0)})
+    value = str(tmp_path / "escaped") if value == "ABS" else value
+    data = json.loads((run / file).read_text())
+    (run / file).write_text(json.dumps({**data, key: value}))
+    before = sorted(tmp_path.rglob("*"))
+    assert _cli("--save-baseline", run, "--baselines", tmp_path / "a" / "b" / "baselines") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the {'study name' if key == 'name' else 'run_id'} in " in err
+    assert f"must be a single folder name, but got {value!r}" in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, inside --baselines or out
+
+
+def test_a_torch_version_with_a_slash_still_files_the_baseline_inside_baselines(tmp_path):
+    run = _run(tmp_path / "runs", "20260101-000000-aaaa", {THROUGHPUT: _noisy(1000.0)},
+               env={"versions": {**ENV["versions"], "torch": "/../../../escaped"}})
+    root = tmp_path / "baselines"
+    assert _cli("--save-baseline", run, "--baselines", root) == 0
+    [saved] = root.rglob("env.json")
+    assert saved.parents[3] == root  # <fingerprint>/<study>/<run_id>/env.json, one folder each
+    assert not (tmp_path / "escaped").exists()
+
+
 @pytest.mark.parametrize("case", ["missing folder", "no common rows", "bad threshold", "unknown metric",
                                   "threshold unit", "no baseline saved", "baseline alone"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):

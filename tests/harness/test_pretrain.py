@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -62,6 +63,53 @@ def test_checkpoints_load_with_weights_only(fresh_cache):
     assert set(state) == set(first.state_dict)
 
 
+class _Opens:
+    """Unpickled with full trust, this object opens (creates) ``path``: code in a checkpoint."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "harness.train.pretrain"]
+
+
+def _matching_digest(path, meta):
+    """Record ``path``'s digest in ``meta``, as someone who wrote both files would."""
+    info = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**info, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+
+
+def test_a_checkpoint_holding_code_is_refused_for_safety_in_one_line_and_rebuilt(fresh_cache,
+                                                                                caplog):
+    first = pretrained_backbone(RECIPE)
+    path, meta, marker = first.path, first.path.with_suffix(".json"), fresh_cache / "ran"
+    torch.save({**first.state_dict, "extra": _Opens(marker)}, path)
+    _matching_digest(path, meta)
+    caplog.set_level("WARNING", logger="harness.train.pretrain")
+    again = pretrained_backbone(RECIPE)
+    assert not again.cached and not marker.exists()
+    assert _warnings(caplog) == [
+        f"pretrained checkpoint {path} was refused for safety: it holds code or objects that are "
+        + "not tensors (the pickle names io.open); rebuilding it"]
+    assert pretrained_backbone(RECIPE).cached  # the rebuilt file holds tensors only
+
+
+def test_an_unreadable_checkpoint_is_one_line_without_advice_to_load_it_anyway(fresh_cache, caplog):
+    first = pretrained_backbone(RECIPE)
+    path, meta = first.path, first.path.with_suffix(".json")
+    path.write_bytes(b"not a checkpoint")
+    _matching_digest(path, meta)
+    caplog.set_level("WARNING", logger="harness.train.pretrain")
+    assert not pretrained_backbone(RECIPE).cached
+    [warning] = _warnings(caplog)
+    assert warning == (f"pretrained checkpoint {path} is unusable (UnpicklingError: Unsupported "
+                       "operand 110); rebuilding it")
+
+
 def test_recipes_without_augmentation_keep_their_old_key():
     import hashlib
     from dataclasses import asdict
@@ -76,7 +124,7 @@ def test_recipes_without_augmentation_keep_their_old_key():
 
 def test_rotation_augmentation_draws_a_fresh_angle_per_example_and_copy():
     from harness.data.core import Split
-    from harness.data.shifts import ood_split
+    from harness.data.ood import ood_split
     from harness.train.pretrain import augmented
 
     x = torch.randn(6, 1, 10, 10)

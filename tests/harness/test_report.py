@@ -97,6 +97,36 @@ def test_a_failing_render_leaves_the_previous_reports_intact(run_dir, monkeypatc
     assert ((run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()) == old
 
 
+def test_html_in_names_descriptions_and_errors_is_escaped_in_report_md_as_in_report_html(
+        run_dir, tmp_path, monkeypatch):
+    """The run's files are data, not markup: report.md shows a tag, it does not run it."""
+    import json
+
+    import pandas as pd
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    spec = json.loads((copy / "spec.json").read_text())
+    spec.update(name="t<i>", description="<script>alert(1)</script> R&D")
+    (copy / "spec.json").write_text(json.dumps(spec))
+    for table, column, value in (("summary", "strategy", "lin<b>ear</b>"),
+                                 ("trials", "error", "<img src=x onerror=alert(2)>")):
+        df = pd.read_csv(copy / f"{table}.csv")
+        df[column] = df[column].where(df[column].isna(), value)
+        df.to_csv(copy / f"{table}.csv", index=False)
+    monkeypatch.setattr(report, "draw_all", _drawn(copy))
+    md_path, html_path = write_reports(copy)
+    md = md_path.read_text()
+    outside_json = re.sub(r"```json\n.*?\n```", "", md, flags=re.DOTALL)  # shown as it is
+    for tag in ("<script", "<b>", "<img", "<i>"):
+        assert tag not in outside_json, tag
+    assert "# t&lt;i>: run " in md and "&lt;script>alert(1)&lt;/script> R&amp;D" in md
+    assert "| lin&lt;b>ear&lt;/b> |" in md and "&lt;img src=x onerror=alert(2)>" in md
+    assert "<details><summary>json</summary>" in md  # the report's own HTML stays
+    html = html_path.read_text()
+    assert "&lt;script&gt;" in html and "<script" not in html and "&lt;b&gt;ear" in html
+
+
 def test_figures_without_data_are_omitted_with_the_reason_and_their_old_files_removed(
         run_dir, tmp_path):
     one = tmp_path / "one_execution"
@@ -166,7 +196,8 @@ def test_chromium_renders_the_html_report(run_dir, tmp_path):
     res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
                           f"--screenshot={shot}", "--window-size=1280,3000",
                           (run_dir / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120, check=False)
+                         capture_output=True, text=True, check=False,
+                         timeout=3600)  # a hung browser, never a slow machine
     assert res.returncode == 0, res.stderr[-2000:]
     from PIL import Image
 

@@ -21,7 +21,7 @@ def _only_run(out):
 def tiny_run(tmp_path_factory, run_cli_module):
     out = tmp_path_factory.mktemp("runs")
     res = run_cli_module("study", "finetune_vs_probe", "--trials", "2", "--seeds", "2",
-                         "--epochs", "4", "--out", str(out), "--quiet")
+                         "--epochs", "4", "--out", str(out), "--quiet", timeout=None)
     assert res.returncode == 0, res.stderr
     return _only_run(out), res
 
@@ -98,7 +98,7 @@ def test_optuna_storage_is_readable_by_optuna(tiny_run):
 
 def test_second_run_reuses_the_pretrained_backbone(tiny_run, run_cli_module, tmp_path):
     res = run_cli_module("study", "finetune_vs_probe", "--trials", "1", "--seeds", "1",
-                         "--epochs", "1", "--out", str(tmp_path), "--quiet")
+                         "--epochs", "1", "--out", str(tmp_path), "--quiet", timeout=None)
     assert res.returncode == 0, res.stderr
     m = load(_only_run(tmp_path)).measurements
     assert m[m["metric"] == "loaded_from_cache"]["value"].tolist() == [1.0]
@@ -107,8 +107,10 @@ def test_second_run_reuses_the_pretrained_backbone(tiny_run, run_cli_module, tmp
 
 @pytest.mark.slow
 def test_default_budget_runs_end_to_end(run_cli_module, tmp_path):
-    """The README's main command with the study's own default budget."""
-    res = run_cli_module("study", "finetune_vs_probe", "--out", str(tmp_path), "--quiet")
+    """The README's main command with the study's own default budget (~2 min on a quiet machine;
+    no time limit, so a busy one makes it slow, never wrong)."""
+    res = run_cli_module("study", "finetune_vs_probe", "--out", str(tmp_path), "--quiet",
+                         timeout=None)
     assert res.returncode == 0, res.stderr
     s = load(_only_run(tmp_path)).summary
     assert (s["n_seeds"] == 5).all() and (s["trials_failed"] == 0).all()
