@@ -61,7 +61,7 @@ def augmented(split: Split, augment, copies: int, seed: int) -> Split:
     """``copies`` randomly augmented copies of ``split``, concatenated (on the split's device).
 
     ``rotate:DEG``: each example of each copy is rotated by its own angle, uniform in
-    [-DEG, DEG] degrees, with the border extended (as :mod:`harness.data.shifts` rotates).
+    [-DEG, DEG] degrees, with the border extended (as :mod:`harness.data.shifts.rotate` does).
     """
     kinds = parse_augment(augment)
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +76,7 @@ def augmented(split: Split, augment, copies: int, seed: int) -> Split:
 
 
 def _rotate_each(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    # harness.data.shifts._rotate with one angle per image
+    # harness.data.shifts.rotate with one angle per image
     h, w = x.shape[-2:]
     rad = torch.deg2rad(degrees.to(x.dtype))
     c, s = torch.cos(rad), torch.sin(rad)
