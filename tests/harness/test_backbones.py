@@ -25,6 +25,7 @@ from harness.models.torchvision import (
 from harness.registry import MODELS, STRATEGIES
 from harness.train.loop import LoopConfig, train
 from harness.train.phases import apply_phase
+from harness.train.strategy import build_plan
 
 NAMES = MODELS.names()
 SIZE = 32
@@ -317,11 +318,14 @@ def test_every_strategy_plans_on_every_backbone(name, strategy):
     for seed in range(3):
         hp = STRATEGIES.get(strategy)().search_space(
             optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask())
-        plan = STRATEGIES.get(strategy)().plan(blocks(model), hp, 10)
-        plan.validate(blocks(model), 10)
+        model, plan = build_plan(strategy, STRATEGIES.get(strategy)(), model, hp, 10)
         for phase in plan.phases:
-            trained = [g["block"] for g in apply_phase(model, phase)]
-            assert trained == [b for b in blocks(model) if b in phase.trainable]
+            # every block it names trains, and so does every block holding a parameter that
+            # one of its patterns selects (BitFit's biases): nothing else
+            selected = [b for b in blocks(model) if any(
+                phase.selects(b, f"{b}.{n}") for n, _ in getattr(model, b).named_parameters())]
+            assert [g["block"] for g in apply_phase(model, phase)] == selected
+            assert set(phase.trainable) <= set(selected)
 
 
 def test_resnet_small_takes_a_real_training_step():
