@@ -32,20 +32,22 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 
 from harness.errors import UserError
 from harness.models.core import HEAD, build_model
-from harness.registry import MODELS
+from harness.registry import MODELS, Registry
 
 __all__ = ["TORCHVISION", "imagenet_file", "load_backbone_weights", "load_error", "refusal",
            "torchvision_keys"]
 
 Blocks = list[tuple[str, nn.Module]]
-_LAYOUTS: dict[str, Callable[[nn.Module], Blocks]] = {}
+# torchvision model name -> the function regrouping its modules into blocks
+_LAYOUTS: Registry[Callable[[nn.Module], Blocks]] = Registry("torchvision layout")
 
 
 def _layout(*names: str):
     """Register the function regrouping these torchvision models' modules into blocks."""
 
     def deco(fn):
-        _LAYOUTS.update(dict.fromkeys(names, fn))
+        for name in names:
+            _LAYOUTS.add(name, fn)
         return fn
 
     return deco
@@ -152,7 +154,7 @@ def _vit(tv) -> Blocks:
     ]
 
 
-TORCHVISION = tuple(_LAYOUTS)
+TORCHVISION = tuple(_LAYOUTS.names())
 
 
 def _adapt_input_conv(w: torch.Tensor, in_channels: int) -> torch.Tensor:
