@@ -23,9 +23,17 @@ paper reports its results as plots (its Figures 2-4), not tables.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from harness.analysis.claims import CLAIMS, Claim, Verdict, above, bootstrap_ci, diff_ci
+from harness.analysis.claims import (
+    CLAIMS,
+    Claim,
+    Sample,
+    Verdict,
+    above,
+    contrast_ci,
+    one_cell,
+    split_examples,
+)
 from harness.config.spec import PretrainRecipe, StudySpec
 from harness.registry import STUDIES
 
@@ -63,30 +71,36 @@ def freeze_depth() -> StudySpec:
     )
 
 
-def _n_blocks(tables) -> int:
+def _n_blocks(model: str) -> int:
     from harness.models.core import blocks, build_model
 
-    return len(blocks(build_model(tables.spec.get("model", MODEL), 1, 2)))
+    return len(blocks(build_model(model, 1, 2)))
 
 
-def _by_depth(tables) -> dict[int, pd.DataFrame]:
-    """Frozen blocks n -> the final re-runs of that n (status ok): their val and test accuracy."""
+def _by_depth(tables) -> dict[int, Sample]:
+    """Frozen blocks n -> the test accuracies of that n's final re-runs (status ok)."""
     t = tables.trials
     final = t[(t["stage"] == "final") & (t["status"] == "ok")]
-    n_blocks = _n_blocks(tables)
-    out = {}
+    model = str(final["model"].iloc[0]) if "model" in final and len(final) else \
+        tables.spec.get("model", MODEL)
+    n_blocks = _n_blocks(model)
+    dataset = str(final["dataset"].iloc[0]) if "dataset" in final and len(final) else None
+    n_test = split_examples(tables, dataset)
+    groups = {}
     ft = final[final["strategy"] == "full_finetune"]
     if len(ft):
-        out[0] = ft
+        groups[0] = one_cell(ft, "full_finetune's final re-runs")
     pf = final[final["strategy"] == "partial_freeze"]
     for k, rows in pf.groupby(pf["param_train_top_k"].round().astype(int)):
-        out[n_blocks - int(k)] = rows
-    return dict(sorted(out.items()))
+        groups[n_blocks - int(k)] = one_cell(rows, f"partial_freeze's re-runs of train_top_k={k}")
+    return {n: Sample(g["test_accuracy"].to_numpy(dtype=float), n_test, f"n={n}")
+            for n, g in sorted(groups.items())}
 
 
-def _slope(depths: np.ndarray, *accs: np.ndarray) -> float:
-    """Least-squares slope of mean accuracy on n, in points per frozen block."""
-    return 100 * float(np.polyfit(depths, [a.mean() for a in accs], 1)[0])
+def _slope_weights(depths: np.ndarray) -> np.ndarray:
+    """Least-squares slope on ``depths`` as weights on the means at each depth."""
+    centred = depths - depths.mean()
+    return centred / (centred**2).sum()
 
 
 def _degrades_with_depth(tables) -> Verdict:
@@ -94,34 +108,41 @@ def _degrades_with_depth(tables) -> Verdict:
     if len(by_n) < 3:
         return Verdict(np.nan, np.nan, np.nan, "points/block", None,
                        f"only n = {sorted(by_n)} have completed re-runs; the trend needs three")
-    depths = np.array(sorted(by_n), dtype=float)
-    accs = [by_n[n]["test_accuracy"].to_numpy(dtype=float) for n in sorted(by_n)]
-    s, low, high = bootstrap_ci(lambda *a: _slope(depths, *a), *accs)
-    passed = None if np.isnan(high) else bool(high < 0)
-    means = ", ".join(f"n={n}: {100 * a.mean():.1f}%" for n, a in zip(by_n, accs, strict=True))
-    return Verdict(s, low, high, "points/block", passed,
-                   f"test accuracy by frozen blocks ({means}); least-squares slope, bootstrap "
-                   "over seeds within each n")
+    weights = _slope_weights(np.array(sorted(by_n), dtype=float))
+    ci = contrast_ci(list(zip(weights, by_n.values(), strict=True)), scale=100)
+    passed = None if np.isnan(ci.high) else bool(ci.high < 0)
+    means = ", ".join(f"n={n}: {100 * s.mean:.1f}%" for n, s in by_n.items())
+    return Verdict.of(ci, "points/block", passed,
+                      f"test accuracy by frozen blocks ({means}); least-squares slope of the "
+                      "means")
 
 
 def _full_ft_recovers(tables) -> Verdict:
+    """Fine-tuned transfer (AnB+) against frozen transfer (AnB) at the deepest frozen n.
+
+    Yosinski et al. compared AnB+ with AnB at each n (their Figure 2: fine-tuning removes the
+    drop that freezing n transferred layers causes) and with baseB, the target network
+    trained from scratch. Here AnB+ is one network for every n (``full_finetune``: the blocks
+    above n start from the pretrained weights, not re-initialised), and the study has no
+    from-scratch network, so the comparison is AnB+ against AnB where freezing leaves the most
+    to recover: the deepest frozen n (4: the new head alone). The check used to take the best
+    frozen n on validation instead (n = 1, which differs from full fine-tuning by one frozen
+    stem): a near-identical network, so the comparison could hardly fail. The paper says the
+    drop is recovered, so the test is superiority (CI above 0), not non-inferiority.
+    """
     by_n = _by_depth(tables)
-    frozen = {n: rows for n, rows in by_n.items() if n > 0}
+    frozen = [n for n in by_n if n > 0]
     if 0 not in by_n or not frozen:
         return Verdict(np.nan, np.nan, np.nan, "points", None,
                        "needs completed re-runs of full_finetune and of a frozen n")
-    # the best frozen setting is chosen on validation accuracy, never on test
-    best = max(frozen, key=lambda n: frozen[n]["val_accuracy"].mean())
-    ft = by_n[0]["test_accuracy"].to_numpy(dtype=float)
-    fz = frozen[best]["test_accuracy"].to_numpy(dtype=float)
-    d, low, high = diff_ci(ft, fz, scale=100)
     deepest = max(frozen)
-    gain = 100 * (ft.mean() - frozen[deepest]["test_accuracy"].mean())
-    # non-inferiority with a 1-point margin: the CI must exclude "1 point worse than frozen"
-    return Verdict(d, low, high, "points", above(low, -1.0),
-                   f"full_finetune {100 * ft.mean():.1f}% vs the best frozen setting on val, "
-                   f"n={best}: {100 * fz.mean():.1f}% (Welch CI); {gain:+.1f} points over the "
-                   f"deepest, n={deepest}")
+    ft, fz = by_n[0], by_n[deepest]
+    ci = contrast_ci([(1, ft), (-1, fz)], scale=100)
+    others = ", ".join(f"n={n}: {100 * by_n[n].mean:.1f}%" for n in frozen if n != deepest)
+    return Verdict.of(ci, "points", above(ci.low, 0.0),
+                      f"full_finetune (AnB+) {100 * ft.mean:.1f}% vs the deepest frozen transfer "
+                      f"(AnB), n={deepest}: {100 * fz.mean:.1f}%"
+                      + (f"; other frozen n: {others}" if others else ""))
 
 
 @CLAIMS.register("freeze_depth")
@@ -134,7 +155,8 @@ def claims() -> list[Claim]:
               "slope of test accuracy on the number of frozen blocks n = 0..4 is negative "
               "(CI below 0)", _degrades_with_depth),
         Claim("fine_tuning_every_block_recovers", src,
-              "fine-tuning the transferred layers (AnB+) recovers the loss: full fine-tuning is "
-              "at least as accurate as the best frozen setting, chosen on validation (CI above "
-              "-1 point)", _full_ft_recovers),
+              "fine-tuning the transferred layers (AnB+) recovers what freezing them loses "
+              "(their Figure 2, AnB+ against AnB): full fine-tuning is more accurate than the "
+              "transfer frozen at the deepest n, the new head alone (CI above 0)",
+              _full_ft_recovers),
     ]

@@ -36,9 +36,34 @@ def test_the_study_compares_two_models_and_validates():
 def test_agreement_passes_within_half_a_point_and_fails_beyond():
     ok = evaluate_claims("eager_vs_compiled", _tables(0.902)).set_index("claim")
     assert ok.loc["compiled_matches_eager", "verdict"] == "pass"
-    assert ok.loc["compile_time_reported", "verdict"] == "pass"
     # the GPU speedup is no claim about a CPU run, and does not count against --check
     assert ok.loc["training_speedup_on_gpu", "verdict"] == "not applicable"
     bad = evaluate_claims("eager_vs_compiled", _tables(0.88)).set_index("claim")
     assert bad.loc["compiled_matches_eager", "verdict"] == "fail"
     assert bad.loc["compiled_matches_eager", "effect"] == pytest.approx(2.0)
+
+
+def test_compile_time_is_the_harness_s_report_not_a_claim():
+    """Recording compile time is the harness's job (a test), not a finding of the paper (a claim)."""
+    from harness.analysis.tables import execution_comparison
+
+    claims = evaluate_claims("eager_vs_compiled", _tables(0.9))["claim"].tolist()
+    assert "compile_time_reported" not in claims
+    m = _tables(0.9).measurements
+    m = pd.concat([m, m[m["metric"] == "accuracy"].assign(metric="samples_per_s", value=100.0,
+                                                            split="train", unit="samples/s")])
+    cmp = execution_comparison(m).set_index("execution")
+    # the compiled cell's cold compile time: its first search trial's compiling steps
+    assert cmp.loc["compile", "cold_compile_s"] == pytest.approx(12.0)
+    assert cmp.loc["eager", "cold_compile_s"] == 0.0
+
+
+def test_speedup_on_a_cuda_run_whose_compiled_cells_all_failed_is_undetermined():
+    t = _tables(0.9, device="cuda")
+    m = t.measurements
+    compiled = m["execution"] == "compile"
+    m = m.assign(status=m["status"].where(~compiled, "failed"))
+    trials = t.trials.assign(device="cuda", status=["ok", "failed"])
+    out = evaluate_claims("eager_vs_compiled", RunTables(m, trials, t.summary, {}, t.spec))
+    row = out.set_index("claim").loc["training_speedup_on_gpu"]
+    assert row["verdict"] == "undetermined" and "compiled CUDA cells" in row["detail"]

@@ -31,17 +31,23 @@ def test_study_validates_with_its_data_and_pretrains_on_rotations():
     assert recipe_key(again.pretrain) == recipe_key(spec.pretrain)
 
 
-def test_two_layer_network_claim_passes_fast_and_shows_the_mechanism():
-    check = next(c for c in claims() if c.name == "two_layer_linear_theory").check
+def test_two_layer_network_shows_the_papers_mechanism_fast():
+    """Kumar et al.'s Sec. 3 on the two-layer linear network v^T B x: a test, not a claim, since
+    it reads nothing of a run (as a claim it passed on any tables, even none)."""
     t0 = time.perf_counter()
-    verdict = check(None)
-    assert time.perf_counter() - t0 < 1.0
-    assert verdict.passed is True and verdict.effect > 10
     r = two_layer_simulation()
+    assert time.perf_counter() - t0 < 1.0
+    ratio, lpft_ratio = r["ft_ood"] / r["lp_ood"], r["lpft_ood"] / r["lp_ood"]
+    # FT from a random head fits ID exactly, yet its OOD error is > 10x LP's in every draw
+    assert (r["ft_id"] < 1e-12).all() and (r["lpft_id"] < 1e-12).all()
+    assert (r["lp_id"] > r["ft_id"]).all() and (ratio > 10).all()
+    assert (np.abs(np.log(lpft_ratio)) < np.log(1.5)).all()  # LP-FT keeps LP's OOD error
     assert (r["ft_change_ood"] < 1e-9).all()  # B moves only inside the ID subspace
-    assert (r["ft_ood"] > 10 * r["lp_ood"]).all() and (r["ft_id"] < r["lp_id"]).all()
-    assert np.allclose(r["lpft_ood"], r["lp_ood"], rtol=0.5)
     assert (r["lpft_change"] < r["ft_change"] / 5).all()
+
+
+def test_the_two_layer_network_is_no_claim():
+    assert "two_layer_linear_theory" not in [c.name for c in claims()]
 
 
 def test_two_layer_simulation_is_deterministic():
@@ -98,4 +104,3 @@ def test_claims_evaluate_on_a_tiny_run(tiny_run):
     # every check ran: an exception would be an undetermined verdict naming its type
     assert not out["detail"].str.contains("Error:").any(), out["detail"].to_dict()
     assert out["effect"].notna().all()
-    assert out.loc["two_layer_linear_theory", "verdict"] == "pass"
