@@ -64,7 +64,7 @@ def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
 SUMMARY_COLUMNS = (
     "cell", "device", "dataset", "model", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
     "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "train_gflops_per_sample",
-    "utilisation", "time_to_target_s", "bn_mode", "best_params",
+    "utilisation", "time_to_target_s", "val_labels", "bn_mode", "best_params",
     "trials_ok", "trials_pruned", "trials_failed", "pareto", "skipped",
 )
 
@@ -93,6 +93,13 @@ def _best_finals(final: pd.DataFrame, search: pd.DataFrame) -> pd.DataFrame:
         return final.iloc[0:0]
     best = ok.sort_values(["val_accuracy", "trial"], ascending=[False, True])["trial"].iloc[0]
     return final[final["search_trial"] == best]
+
+
+def _val_labels(measurements: pd.DataFrame, cell: str) -> float:
+    """How many validation labels selected the cell's configuration (its search trials')."""
+    v = measurements[(measurements["cell"] == cell) & (measurements["metric"] == "examples")
+                     & (measurements["split"] == "val") & (measurements["stage"] == "search")]
+    return float(v["value"].max()) if len(v) else float("nan")
 
 
 def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +131,7 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "utilisation": mc[(mc["metric"] == "utilisation_empirical")
                               & (mc["phase"] == "all")]["value"].median(),
             "time_to_target_s": mc[mc["metric"] == "time_to_target_s"]["value"].median(),
+            "val_labels": _val_labels(measurements, cell),
             "bn_mode": (final if len(final) else search).get("bn_mode", pd.Series([""])).iloc[0],
             "best_params": final["params"].iloc[0] if len(final) else "",
             "trials_ok": int((search["status"] == "ok").sum()),

@@ -158,6 +158,13 @@ class StudySpec:
     objectives: tuple[str, ...] = ("accuracy",)
     # validation accuracy whose first crossing is timed (time_to_target_s); None: not measured
     target_accuracy: float | None = None
+    # validation labels per class that select hyperparameters; None: the whole validation split
+    # (a fifth of each class). At 10 shots the default selects with 100 labels per class for
+    # 10 training labels; a realistic few-shot protocol has about as many as it trains on
+    val_per_class: int | None = None
+    # at least this many optimisation steps per trial: small budgets get more epochs, so a
+    # budget is not confounded with training length; None: every budget trains `epochs` epochs
+    min_steps: int | None = None
     # default root folder of on-disk datasets (torchvision formats); a dataset written as
     # "name:PATH" brings its own; None: $HARNESS_DATA_ROOT, else ~/.cache/harness/data
     data_root: str | None = None
@@ -257,6 +264,12 @@ class StudySpec:
                 or not 0 < self.target_accuracy <= 1):
             raise UserError(f"target_accuracy must be a fraction in (0, 1], but got "
                             f"{self.target_accuracy!r}.")
+        for key in ("val_per_class", "min_steps"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise UserError(f"{key} must be a positive whole number or None, but got "
+                                f"{value!r}.")
         if self.rerun not in ("best", "all"):
             raise UserError(f"rerun must be 'best' or 'all', but got {self.rerun!r}.")
         if self.pruner not in PRUNERS:
@@ -314,6 +327,7 @@ class TrialConfig:
     loader: str = "resident"
     loader_workers: int = 2
     weights: str | None = None
+    val_per_class: int | None = None
 
 
 _SPEC_TYPES = {

@@ -23,12 +23,14 @@ def load_task(
     root: str | None = None,
     ood: Sequence[str] = (),
     loader: str = "resident",
+    val_shots: int | None = None,
 ) -> Task:
     """Load ``dataset`` restricted to ``classes`` with ``shots`` training examples per class.
 
     ``root`` is the folder of on-disk datasets; ``ood`` names OOD sets (see :mod:`harness.data.ood`)
     built from the test split or another dataset; ``loader="dataloader"`` keeps every split on
-    the CPU (pinned when ``device`` is CUDA) for the DataLoader path.
+    the CPU (pinned when ``device`` is CUDA) for the DataLoader path. ``val_shots`` keeps the
+    first that many validation examples of each class (nested like ``shots``; None: all).
 
     >>> task = load_task("digits", classes=[5, 6, 7, 8, 9], shots=10, ood=["rotate:30"])
     >>> len(task.train), task.n_classes, len(task.ood["rotate:30"]) == len(task.test)
@@ -57,6 +59,14 @@ def load_task(
                 f"{dataset!r}), but got {shots}; use None for all."
             )
         parts["train"] = [i[:shots] for i in parts["train"]]
+    if val_shots is not None:
+        smallest = min(len(i) for i in parts["val"])
+        if not 1 <= val_shots <= smallest:
+            raise UserError(
+                f"val_per_class must be between 1 and {smallest} (the validation examples per "
+                f"class of {dataset!r}), but got {val_shots}; use None for all."
+            )
+        parts["val"] = [i[:val_shots] for i in parts["val"]]
     relabel = torch.full((max(all_classes) + 1,), -1, dtype=torch.long)
     relabel[list(classes)] = torch.arange(len(classes))
 

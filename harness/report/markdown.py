@@ -73,6 +73,8 @@ def summary_view(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> p
         "test acc % (95% CI)": summary.apply(_acc, axis=1, errors=errors),
         "seeds": summary["n_seeds"],
         "best val %": (100 * summary["best_val_acc"]).round(1),
+        # validation labels that selected the config: few of them make "best val" noisy
+        "val labels": summary["val_labels"] if "val_labels" in summary else float("nan"),
         "samples/s": summary["samples_per_s"].round(0),
         "peak MiB": summary["peak_memory_mib"].round(0),
         "MFLOP/sample": (1000 * summary["train_gflops_per_sample"]).round(1),

@@ -26,7 +26,8 @@ def check_runnable(spec: StudySpec) -> StudySpec:
     check_ood(spec.ood)
     for dataset in spec.dataset_axis:
         for b in spec.budgets:
-            load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood)
+            load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood,
+                      val_shots=spec.val_per_class)
     if spec.pretrain is not None:
         load_task(spec.pretrain.dataset, spec.pretrain.classes, root=spec.data_root)
     if spec.weights is not None:  # a missing or unfit file fails before anything is written

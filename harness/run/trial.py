@@ -249,6 +249,9 @@ def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, o
         _loop_rows(add, cfg, result)
         add("trainable_params", n_trainable, "count")
     add("trial_time_s", seconds, "s")
+    # how many labels trained and selected this trial (the budget, and the validation size)
+    add("examples", len(ctx.task.train), "count")
+    add("examples", len(ctx.task.val), "count", split="val")
     return rows
 
 

@@ -73,3 +73,15 @@ def test_few_shot_has_k_per_class_and_is_nested_in_larger_budgets():
 def test_bad_task_arguments_say_what_was_wrong(kwargs, match):
     with pytest.raises(UserError, match=match):
         load_task("mnist5k", **{"classes": [5, 6, 7, 8, 9], **kwargs})
+
+
+def test_val_shots_keeps_the_first_validation_examples_of_each_class_nested():
+    full = load_task("digits", classes=[5, 6, 7], shots=10)
+    small = load_task("digits", classes=[5, 6, 7], shots=10, val_shots=4)
+    smaller = load_task("digits", classes=[5, 6, 7], shots=10, val_shots=2)
+    assert len(small.val) == 12 and len(smaller.val) == 6
+    assert torch.equal(small.train.x, full.train.x) and torch.equal(small.test.x, full.test.x)
+    rows = {tuple(r.tolist()) for r in small.val.x.flatten(1)}
+    assert all(tuple(r.tolist()) in rows for r in smaller.val.x.flatten(1))  # nested
+    with pytest.raises(UserError, match="val_per_class must be between 1 and"):
+        load_task("digits", classes=[5, 6, 7], val_shots=10_000)
