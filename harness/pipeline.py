@@ -149,7 +149,7 @@ def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, sec
     """Write the tables, plots and report of a finished run, all from the storage."""
     rows, trial_rows = collect(store, plan)
     measurements = measurements_frame(rows)
-    trials = pd.DataFrame(trial_rows)
+    trials = pd.DataFrame([r.to_dict() for r in trial_rows])
     summary = summarize(measurements, trials)
     write_tables(run_dir, measurements, trials, summary)
     claims = evaluate_claims(plan.spec.name, load(run_dir))

@@ -1,5 +1,11 @@
 """A run lives in its Optuna storage: the plan, the queue of trials, and every trial's records.
 
+This module owns a run's storage: planning, finding and resuming runs, popping trials, storing
+what each gave, telling Optuna, and reading the tables back (:func:`collect`). A process brings
+a :class:`TrialRunner` (how to sample, prune and run one trial; :mod:`harness.run.sweep` has the
+one the commands use) to :func:`run_trials`; the runner sees only the Optuna trial it runs (to
+sample its config and report its epochs), never the storage.
+
 For run ``R`` of study ``S`` the storage holds Optuna studies named
 
 - ``S/R``: the manifest, with no trials: the spec, the cells, the skipped cells and why;
@@ -12,8 +18,8 @@ a resumed run) takes a trial by moving it from WAITING to RUNNING in the storage
 storages make that transition succeed for exactly one process (it is how ``Study.ask`` hands
 out enqueued trials), so the planned trials each run once, however many processes share the
 storage: nothing here schedules, the storage does. A finished trial keeps its measurement
-records and its trial-table row as user attributes, so the tables are built from the storage
-alone, whichever machine ran what.
+records and its trial-table row (a :class:`~harness.run.records.TrialRow`) as user attributes,
+so the tables are built from the storage alone, whichever machine ran what.
 
 Storage URLs: any SQLAlchemy URL Optuna accepts (``sqlite:///x.db``, ``postgresql://...``) or
 ``journal:PATH``, Optuna's journal file for several processes on one machine.
@@ -25,21 +31,25 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import astuple, dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import astuple, dataclass, replace
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState, create_trial
 
 from harness.config.spec import StudySpec, budget_label, spec_from_dict
 from harness.errors import UserError
-from harness.run.records import Measurement
+from harness.run.records import Measurement, TrialRow
 
 __all__ = [
     "FINISHED",
     "Cell",
+    "Outcome",
     "RunPlan",
+    "TrialRunner",
+    "best_config",
+    "collect",
     "find_run",
     "open_storage",
     "plan_run",
@@ -47,6 +57,7 @@ __all__ = [
     "redact_url",
     "requeue_interrupted",
     "run_trials",
+    "search_trials",
 ]
 
 MANIFEST = "harness_run"  # the manifest study's user attribute
@@ -91,6 +102,8 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
 
 @dataclass(frozen=True)
 class Cell:
+    """One cell of the study's grid, as the manifest lists it."""
+
     device: str
     dataset: str
     model: str
@@ -193,13 +206,14 @@ def find_run(storage, study: str, run_id: str | None = None, unfinished: bool = 
         attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
         if MANIFEST in attrs:
             plan = _plan_from_manifest(attrs[MANIFEST])
-            if not unfinished or _open_trials(storage, plan):
+            if not unfinished or _open_trials(storage, plan, [c for c in plan.cells if not c.skipped]):
                 return plan
     return None
 
 
-def _open_trials(storage, plan: RunPlan) -> bool:
-    return any(_trials(storage, n, states=_OPEN) for c in plan.cells if not c.skipped
+def _open_trials(storage, plan: RunPlan, cells) -> bool:
+    """Whether any of ``cells`` still has a queued or running trial (maybe another process's)."""
+    return any(_trials(storage, n, states=_OPEN) for c in cells
                for n in (plan.search_name(c), plan.final_name(c)))
 
 
@@ -212,22 +226,24 @@ def _trials(storage, name: str, states=None) -> list[optuna.trial.FrozenTrial]:
     return storage.get_all_trials(sid, deepcopy=False, states=states)
 
 
-def pop_trial(storage, study: optuna.Study,
-              prepare: Callable[[optuna.Study, int], None] | None = None) -> optuna.Trial | None:
-    """Take one WAITING trial of ``study`` for this process, or None when none is left.
+def _claim(storage, name: str) -> optuna.trial.FrozenTrial | None:
+    """Move one WAITING trial of study ``name`` to RUNNING for this process; None when none is left.
 
-    The storage's WAITING -> RUNNING transition succeeds for one process only. ``prepare``
-    sees the study and the trial's number before the trial object (and its sampler) exists.
+    The storage's WAITING -> RUNNING transition succeeds for one process only.
     """
-    for t in _trials(storage, study.study_name, states=(TrialState.WAITING,)):
+    for t in _trials(storage, name, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                if prepare is not None:
-                    prepare(study, t.number)
-                return optuna.Trial(study, t._trial_id)
+                return t
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def pop_trial(storage, study: optuna.Study) -> optuna.Trial | None:
+    """Take one WAITING trial of ``study`` for this process, or None when none is left."""
+    t = _claim(storage, study.study_name)
+    return None if t is None else optuna.Trial(study, t._trial_id)
 
 
 def worker_id() -> str:
@@ -261,8 +277,39 @@ def requeue_interrupted(storage, plan: RunPlan) -> int:
     return n
 
 
-# a trial runner: (plan, cell, trial, stage) -> (state, values); it stores records and row itself
-Runner = Callable[[RunPlan, Cell, optuna.Trial, str], tuple[TrialState, list[float] | None]]
+@dataclass(frozen=True)
+class Outcome:
+    """What running one trial gave: its trials-table row, its measurements, its objective values."""
+
+    row: TrialRow
+    records: tuple[Measurement, ...]
+    values: list[float] | None = None  # the study's objectives; read only when row.status is "ok"
+
+
+class TrialRunner(Protocol):
+    """What a process brings to its share of a run (:class:`harness.run.sweep._Worker` is one).
+
+    It says how a cell's search samples and prunes, and runs the trials :func:`run_trials` pops.
+    It never sees the storage: the queue stores each :class:`Outcome` and tells Optuna.
+    """
+
+    def sampler(self, cell: Cell, number: int) -> optuna.samplers.BaseSampler:
+        """The sampler of search trial ``number`` of ``cell``, set before that trial samples."""
+        ...
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        """The pruner of every cell's search."""
+        ...
+
+    def search(self, cell: Cell, trial: optuna.Trial) -> Outcome:
+        """Run search trial ``trial`` of ``cell``: its config comes from ``trial``, epochs report to it."""
+        ...
+
+    def final(self, cell: Cell, number: int, index: int, hp: Mapping[str, Any] | None,
+              why: str) -> Outcome:
+        """Run final trial ``number`` of ``cell``, the ``index``-th seed of config ``hp``; a
+        failed trial with error ``why`` when ``hp`` is None (its search trial did not complete)."""
+        ...
 
 
 def _serves(cell: Cell, device: str | None) -> bool:
@@ -277,53 +324,90 @@ def _serves(cell: Cell, device: str | None) -> bool:
     return want.type == have.type and (want.index is None or want.index == have.index)
 
 
-def _search_done(storage, plan: RunPlan, cell: Cell) -> bool:
-    return not _trials(storage, plan.search_name(cell), states=_OPEN)
+_STATES = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}  # any other status: FAIL
 
 
-def _next(storage, plan: RunPlan, cells, make_study, prepare) -> tuple[Cell, str, optuna.Study,
-                                                                     optuna.Trial] | None:
-    """Pop the next trial this process can run: searches first, then finals of finished searches."""
-    for cell in cells:
-        study = make_study(cell, "search")
-        trial = pop_trial(storage, study, prepare and (lambda s, n, c=cell: prepare(c, s, n)))
-        if trial is not None:
-            return cell, "search", study, trial
-    for cell in cells:
-        if _search_done(storage, plan, cell):
-            study = make_study(cell, "final")
-            trial = pop_trial(storage, study)
-            if trial is not None:
-                return cell, "final", study, trial
-    return None
+class _Share:
+    """One process's share of a run: the cells it serves, their studies (each loaded once, as every
+    pop asks for one), popping in order, and storing and telling what each trial gave."""
+
+    def __init__(self, storage, plan: RunPlan, runner: TrialRunner, device: str | None) -> None:
+        self.storage, self.plan, self.runner = storage, plan, runner
+        self.cells = [c for c in plan.cells if _serves(c, device)]
+        self._studies: dict[tuple[str, str], optuna.Study] = {}
+
+    def study(self, cell: Cell, stage: str) -> optuna.Study:
+        key = cell.id, stage
+        if key not in self._studies:
+            if stage == "final":  # finals sample nothing and are never pruned
+                self._studies[key] = _study(self.storage, self.plan.final_name(cell))
+            else:
+                self._studies[key] = _study(self.storage, self.plan.search_name(cell),
+                                            self.runner.sampler(cell, 0), self.runner.pruner())
+        return self._studies[key]
+
+    def pop(self) -> tuple[Cell, str, optuna.Trial] | None:
+        """The next trial this process can run: searches first, then finals of finished searches."""
+        for cell in self.cells:
+            study = self.study(cell, "search")
+            t = _claim(self.storage, study.study_name)
+            if t is not None:
+                study.sampler = self.runner.sampler(cell, t.number)  # before the trial exists
+                return cell, "search", optuna.Trial(study, t._trial_id)
+        for cell in self.cells:
+            if not _trials(self.storage, self.plan.search_name(cell), states=_OPEN):
+                trial = pop_trial(self.storage, self.study(cell, "final"))
+                if trial is not None:
+                    return cell, "final", trial
+        return None
+
+    def run(self, cell: Cell, stage: str, trial: optuna.Trial) -> None:
+        if stage == "search":
+            out = self.runner.search(cell, trial)
+        else:
+            of = trial.user_attrs.get("search_trial")  # rerun="all": that config, not the best
+            why = ("no search trial of the cell completed" if of is None
+                   else f"search trial {of} did not complete")
+            out = self.runner.final(cell, trial.number, trial.user_attrs["final_index"],
+                                    best_config(self.storage, self.plan, cell, of), why)
+        self.tell(trial, out)
+
+    def tell(self, trial: optuna.Trial, out: Outcome) -> None:
+        """Store the trial's records and row with it, and finish it in Optuna."""
+        row = replace(out.row, worker=worker_id(), search_trial=trial.user_attrs.get("search_trial"))
+        trial.set_user_attr(RECORDS, [list(astuple(r)) for r in out.records])
+        # retry_of stays in the trial's own attributes, where collect reads it for every trial:
+        # the stored row is the one every earlier version of the harness stored
+        trial.set_user_attr(ROW, {k: v for k, v in row.to_dict().items() if k != "retry_of"})
+        if row.error:
+            trial.set_user_attr("error", row.error)
+        state = _STATES.get(row.status, TrialState.FAIL)
+        values = out.values if state == TrialState.COMPLETE else None
+        if values is not None and not all(math.isfinite(v) for v in values):
+            state, values = TrialState.FAIL, None  # a failed run never reaches selection
+        trial.study.tell(trial, values, state=state)
 
 
-def run_trials(storage, plan: RunPlan, runner: Runner, make_study, device: str | None = None,
-               poll_s: float = 0.5, on_done: Callable[[], None] | None = None,
-               prepare: Callable[[Cell, optuna.Study, int], None] | None = None) -> int:
+
+def run_trials(storage, plan: RunPlan, runner: TrialRunner, device: str | None = None,
+               poll_s: float = 0.5) -> int:
     """Run the run's trials that this process can take until every served cell is finished.
 
-    Waits (polling the storage) while other processes hold the last trials. Returns how many
-    trials this process ran.
+    ``device`` pins the process to the cells of that device (None: every cell). Waits (polling
+    the storage) while other processes hold the last trials. Returns how many trials this
+    process ran.
     """
-    cells = [c for c in plan.cells if _serves(c, device)]
+    share = _Share(storage, plan, runner, device)
     ran = 0
     while True:
-        popped = _next(storage, plan, cells, make_study, prepare)
+        popped = share.pop()
         if popped is None:
-            if all(not _trials(storage, n, states=_OPEN) for c in cells
-                   for n in (plan.search_name(c), plan.final_name(c))):
+            if not _open_trials(storage, plan, share.cells):
                 return ran
             time.sleep(poll_s)
             continue
-        cell, stage, study, trial = popped
-        state, values = runner(plan, cell, trial, stage)
-        if values is not None and not all(math.isfinite(v) for v in values):
-            state, values = TrialState.FAIL, None  # a failed run never reaches selection
-        study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        share.run(*popped)
         ran += 1
-        if on_done is not None:
-            on_done()
 
 
 def best_config(storage, plan: RunPlan, cell: Cell, number: int | None = None) -> dict[str, Any] | None:
@@ -346,40 +430,37 @@ def pareto_numbers(storage, plan: RunPlan, cell: Cell) -> set[int]:
     return {t.number for t in _study(storage, plan.search_name(cell)).best_trials}
 
 
-def collect(storage, plan: RunPlan) -> tuple[list[Measurement], list[dict]]:
+def collect(storage, plan: RunPlan) -> tuple[list[Measurement], list[TrialRow]]:
     """Every record and trial row of the run, read back from the storage, in plan order."""
-    rows: list[Measurement] = list(plan.pretrain_records)
-    trial_rows: list[dict] = []
+    records: list[Measurement] = list(plan.pretrain_records)
+    rows: list[TrialRow] = []
     for cell in plan.cells:
         if cell.skipped:
-            trial_rows.append(_skipped_row(plan, cell))
+            rows.append(_unrun_row(plan, cell, "search", None, "skipped", cell.skipped))
             continue
         pareto = pareto_numbers(storage, plan, cell)
         for stage, name in (("search", plan.search_name(cell)), ("final", plan.final_name(cell))):
             for t in sorted(_trials(storage, name), key=lambda t: t.number):
-                if RECORDS in t.user_attrs:
-                    rows += [Measurement(*r) for r in t.user_attrs[RECORDS]]
-                    row = dict(t.user_attrs[ROW])
-                else:  # interrupted, or never started
-                    row = _bare_row(plan, cell, stage, t)
+                records += [Measurement(*r) for r in t.user_attrs.get(RECORDS, [])]
+                row = _stored_row(plan, cell, stage, t)
                 if stage == "search" and len(plan.spec.objectives) > 1:
-                    row["pareto"] = t.number in pareto
-                row["retry_of"] = t.user_attrs.get("retry_of")
-                trial_rows.append(row)
-    return rows, trial_rows
+                    row = replace(row, pareto=t.number in pareto)
+                rows.append(replace(row, retry_of=t.user_attrs.get("retry_of")))
+    return records, rows
 
 
-def _bare_row(plan: RunPlan, cell: Cell, stage: str, t) -> dict:
+def _stored_row(plan: RunPlan, cell: Cell, stage: str, t: optuna.trial.FrozenTrial) -> TrialRow:
+    """The row a finished trial was stored with, or one saying what became of a trial never run."""
+    if RECORDS in t.user_attrs:
+        return TrialRow.from_dict(t.user_attrs[ROW])
+    # interrupted, or never started
     status = {TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}.get(t.state, t.state.name.lower())
-    return {"run_id": plan.run_id, "study": plan.spec.name, "cell": cell.id, "stage": stage,
-            "trial": t.number, "strategy": cell.strategy, "budget": budget_label(cell.budget),
-            "dataset": cell.dataset, "model": cell.model, "device": cell.device,
-            "execution": cell.execution, "status": status,
-            "error": t.user_attrs.get("error", ""), "params": "{}"}
+    return _unrun_row(plan, cell, stage, t.number, status, t.user_attrs.get("error", ""))
 
 
-def _skipped_row(plan: RunPlan, cell: Cell) -> dict:
-    return {"run_id": plan.run_id, "study": plan.spec.name, "cell": cell.id, "stage": "search",
-            "trial": None, "strategy": cell.strategy, "budget": budget_label(cell.budget),
-            "dataset": cell.dataset, "model": cell.model, "device": cell.device,
-            "execution": cell.execution, "status": "skipped", "error": cell.skipped, "params": "{}"}
+def _unrun_row(plan: RunPlan, cell: Cell, stage: str, trial: int | None, status: str,
+               error: str) -> TrialRow:
+    return TrialRow(run_id=plan.run_id, study=plan.spec.name, cell=cell.id, stage=stage, trial=trial,
+                    strategy=cell.strategy, budget=budget_label(cell.budget), dataset=cell.dataset,
+                    model=cell.model, device=cell.device, execution=cell.execution, status=status,
+                    error=error, ran=False)

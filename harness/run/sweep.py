@@ -5,25 +5,27 @@ cell uses the same seed, so strategies differ only in what they do. Selection us
 **validation** accuracy; the best config of each cell is then re-run with ``spec.seeds`` fresh
 seeds, and only those runs measure the **test** split.
 
-The run's plan, queue and records live in its Optuna storage (:mod:`harness.run.queue`): SQLite in
-the run folder by default, a journal file or PostgreSQL for workers. :func:`work` is one
-process's share of a run (the study process's, or a :func:`run_worker`'s); planning the run and
-writing its files is :mod:`harness.pipeline`.
+This module owns how a trial runs: its sampler, pruner, task, backbone weights and objectives
+(``_Worker``, a :class:`~harness.run.queue.TrialRunner`). The run's plan, queue and records live
+in its Optuna storage, owned by :mod:`harness.run.queue`: SQLite in the run folder by default, a
+journal file or PostgreSQL for workers. :func:`work` is one process's share of a run (the study
+process's, or a :func:`run_worker`'s); planning the run and writing its files is
+:mod:`harness.pipeline`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import astuple, replace
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness.config.execution import parse_execution
@@ -32,18 +34,8 @@ from harness.data.task import load_task
 from harness.errors import UserError
 from harness.models.torchvision import backbone_weights
 from harness.registry import STRATEGIES
-from harness.run.queue import (
-    RECORDS,
-    ROW,
-    Cell,
-    RunPlan,
-    best_config,
-    find_run,
-    open_storage,
-    redact_url,
-    run_trials,
-    worker_id,
-)
+from harness.run.queue import Cell, Outcome, RunPlan, find_run, open_storage, redact_url, run_trials
+from harness.run.records import TrialRow
 from harness.run.trial import TrialContext, TrialResult, failed_trial, run_trial
 from harness.train.pretrain import pretrained_backbone
 
@@ -53,7 +45,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tables and the progr
 
 SEARCH_SEED = 0  # every search trial of every cell: configs differ, initialisation and order do not
 FINAL_SEEDS = 1000  # re-runs use FINAL_SEEDS + i, never the search seed
-
 
 
 def startup_trials(trials: int) -> int:
@@ -105,7 +96,6 @@ def make_sampler(spec: StudySpec, strategy: str, trial: int = 0) -> optuna.sampl
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec.trials))
 
 
-
 @contextlib.contextmanager
 def fresh_compile_cache(enabled: bool):
     """Point inductor at an empty cache for the run, so its first compile of each graph is cold.
@@ -130,10 +120,10 @@ def fresh_compile_cache(enabled: bool):
         shutil.rmtree(path, ignore_errors=True)
 
 
-
-
 class _Worker:
-    """One process's side of a run: its tasks and backbone weights, built once per device."""
+    """One process's side of a run, the :class:`~harness.run.queue.TrialRunner` of the commands:
+    the search's samplers and pruner, its tasks and backbone weights (built once per device),
+    running the trials the queue pops, and the progress bar."""
 
     def __init__(self, plan: RunPlan, device: str | None = None, progress: bool = False) -> None:
         self.plan = plan
@@ -141,27 +131,36 @@ class _Worker:
         self.device = device  # None: each cell on its own device
         self._tasks: dict = {}
         self._pre: dict = {}  # model -> its backbone state dict (pretrained or loaded)
-        self._studies: dict = {}  # (cell id, stage) -> its Optuna study
         self.bar = tqdm(total=sum(0 if c.skipped else self.spec.trials + self.spec.seeds
                                   for c in plan.cells),
                         desc=self.spec.name, unit="trial", disable=not progress)
 
-    def study(self, storage, cell: Cell, stage: str) -> optuna.Study:
-        """The cell's search or final study, loaded once per process (every pop asks for it)."""
-        key = cell.id, stage
-        if key not in self._studies:
-            if stage == "final":
-                self._studies[key] = optuna.load_study(study_name=self.plan.final_name(cell),
-                                                       storage=storage)
-            else:
-                self._studies[key] = optuna.load_study(
-                    study_name=self.plan.search_name(cell), storage=storage,
-                    sampler=make_sampler(self.spec, cell.strategy), pruner=make_pruner(self.spec))
-        return self._studies[key]
+    def sampler(self, cell: Cell, number: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(self.spec, cell.strategy, number)
 
-    def seed_sampler(self, cell: Cell, study: optuna.Study, number: int) -> None:
-        """Give search trial ``number`` its own seeded sampler before it samples anything."""
-        study.sampler = make_sampler(self.spec, cell.strategy, number)
+    def pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.spec)
+
+    def search(self, cell: Cell, trial: optuna.Trial) -> Outcome:
+        cfg = replace(self._template(cell), trial=trial.number)
+        res = _search_trial(cfg, self._context(cfg.device, cell), trial,
+                            prune=len(self.spec.objectives) == 1)
+        values = [res.val_accuracy]
+        if "throughput" in self.spec.objectives:
+            values.append(_train_throughput(res))
+        return self._outcome(cell, res, values)
+
+    def final(self, cell: Cell, number: int, index: int, hp: Mapping[str, Any] | None,
+              why: str) -> Outcome:
+        cfg = replace(self._template(cell), stage="final", trial=number, seed=FINAL_SEEDS + index)
+        ctx = self._context(cfg.device, cell)
+        res = run_trial(replace(cfg, hp=hp), ctx) if hp is not None else failed_trial(cfg, ctx, why)
+        return self._outcome(cell, res, [res.test_accuracy])
+
+    def _outcome(self, cell: Cell, res: TrialResult, values: list[float]) -> Outcome:
+        self.bar.set_postfix_str(f"{cell.id} {res.status} val={res.val_accuracy:.3f}")
+        self.bar.update()
+        return Outcome(_trial_row(res), res.records, values if res.status == "ok" else None)
 
     def _context(self, device: str, cell: Cell) -> TrialContext:
         spec = self.spec
@@ -180,7 +179,7 @@ class _Worker:
                 self._pre[cell.model] = None
         return TrialContext(self.plan.run_id, task, self._pre[cell.model])
 
-    def template(self, cell: Cell) -> TrialConfig:
+    def _template(self, cell: Cell) -> TrialConfig:
         spec = self.spec
         return TrialConfig(
             study=spec.name, cell=cell.id, stage="search", trial=0, seed=SEARCH_SEED,
@@ -190,40 +189,6 @@ class _Worker:
             target_accuracy=spec.target_accuracy, data_root=spec.data_root, ood=spec.ood,
             loader=spec.loader, loader_workers=spec.loader_workers, weights=spec.weights,
         )
-
-    def __call__(self, storage, cell: Cell, trial: optuna.Trial, stage: str):
-        template = self.template(cell)
-        ctx = self._context(template.device, cell)
-        if stage == "search":
-            res = _search_trial(replace(template, trial=trial.number), ctx, trial,
-                                prune=len(self.spec.objectives) == 1)
-        else:
-            cfg = replace(template, stage="final", trial=trial.number,
-                          seed=FINAL_SEEDS + trial.user_attrs["final_index"])
-            of = trial.user_attrs.get("search_trial")  # rerun="all": that config, not the best
-            hp = best_config(storage, self.plan, cell, of)
-            res = (run_trial(replace(cfg, hp=hp), ctx) if hp is not None else
-                   failed_trial(cfg, ctx, "no search trial of the cell completed" if of is None
-                                else f"search trial {of} did not complete"))
-        row = _trial_row(res) | {"worker": worker_id()}
-        if stage == "final" and trial.user_attrs.get("search_trial") is not None:
-            row["search_trial"] = trial.user_attrs["search_trial"]
-        trial.set_user_attr(RECORDS, [list(astuple(r)) for r in res.records])
-        trial.set_user_attr(ROW, row)
-        if res.error:
-            trial.set_user_attr("error", res.error)
-        self.bar.set_postfix_str(f"{cell.id} {res.status} val={res.val_accuracy:.3f}")
-        self.bar.update()
-        state = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(res.status, TrialState.FAIL)
-        if state != TrialState.COMPLETE:
-            return state, None
-        if stage == "final":
-            return state, [res.test_accuracy]
-        values = [res.val_accuracy]
-        if "throughput" in self.spec.objectives:
-            values.append(_train_throughput(res))
-        return state, values
-
 
 
 def _train_throughput(res: TrialResult) -> float:
@@ -241,7 +206,7 @@ def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial, prun
     except Exception as e:  # noqa: BLE001 - e.g. an enqueued value outside a log-scale range
         return failed_trial(replace(cfg, hp=dict(trial.params)), ctx,
                             f"{type(e).__name__} in search_space: {e}")
-    trial.set_user_attr("hp", hp)
+    trial.set_user_attr("hp", hp)  # what best_config hands the final re-runs
 
     def report_epoch(rec) -> None:
         if prune:  # Optuna prunes single-objective studies only
@@ -252,34 +217,28 @@ def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial, prun
     return run_trial(replace(cfg, hp=hp), ctx, report_epoch)
 
 
-def _trial_row(res: TrialResult) -> dict:
+def _trial_row(res: TrialResult) -> TrialRow:
+    """The trials-table row of a trial that ran; the queue adds the worker and what it knows."""
     c = res.config
-    row = {
-        "run_id": res.records[0].run_id if res.records else "", "study": c.study, "cell": c.cell,
-        "stage": c.stage, "trial": c.trial, "seed": c.seed, "strategy": c.strategy,
-        "budget": budget_label(c.shots), "dataset": c.dataset, "model": c.model, "device": c.device,
-        "execution": c.execution, "status": res.status, "error": res.error, "bn_mode": res.bn_mode,
-        "val_accuracy": res.val_accuracy, "test_accuracy": res.test_accuracy,
-        "seconds": res.seconds, "params": json.dumps(dict(c.hp), sort_keys=True),
-    }
-    row.update({f"ood_accuracy:{k}": v for k, v in res.ood_accuracy.items()})
-    row.update({f"param_{k}": v for k, v in c.hp.items()})
-    return row
+    return TrialRow(
+        run_id=res.records[0].run_id if res.records else "", study=c.study, cell=c.cell,
+        stage=c.stage, trial=c.trial, seed=c.seed, strategy=c.strategy, budget=budget_label(c.shots),
+        dataset=c.dataset, model=c.model, device=c.device, execution=c.execution, status=res.status,
+        error=res.error, bn_mode=res.bn_mode, val_accuracy=res.val_accuracy,
+        test_accuracy=res.test_accuracy, seconds=res.seconds, hp=dict(c.hp),
+        ood_accuracy=dict(res.ood_accuracy),
+    )
 
 
 def work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
+    """This process's share of the run in ``storage``: run trials until none is left; returns how many."""
     worker = _Worker(plan, device, progress)
     compiles = any(parse_execution(c.execution).compile for c in plan.cells if not c.skipped)
     with fresh_compile_cache(compiles):
         try:
-            return run_trials(storage, plan, lambda p, c, t, s: worker(storage, c, t, s),
-                              lambda c, s: worker.study(storage, c, s), device=device,
-                              prepare=worker.seed_sampler)
+            return run_trials(storage, plan, worker, device=device)
         finally:
             worker.bar.close()
-
-
-
 
 
 def run_worker(study: str, storage: str, device: str | None = None, run_id: str | None = None,
