@@ -224,11 +224,18 @@ def final_sample(tables, metric: str = "accuracy", split: str = "test", phase: s
 def split_examples(tables, dataset: str | None = None, split: str = "test") -> int | None:
     """How many examples each accuracy on ``split`` of ``dataset`` is a fraction of; None if unknown.
 
-    The tables do not record split sizes, so this rebuilds them from what the run records: its
-    spec's dataset, classes and data root, split by the harness's own deterministic rule
-    (:func:`harness.data.core.split_indices`, split seed 0 as every run uses). An OOD set that
-    shifts the test split has its size; another dataset's OOD set, that dataset's test split.
+    Final runs record it (``metric="examples"``); for runs made before they did, this rebuilds it
+    from what the run records: its spec's dataset, classes and data root, split by the harness's
+    own deterministic rule (:func:`harness.data.core.split_indices`, split seed 0 as every run
+    uses). An OOD set that shifts the test split has its size; another dataset's OOD set, that
+    dataset's test split.
     """
+    m = tables.measurements
+    if "metric" in m:  # recorded by every final run since the runs record split sizes
+        rec = m[(m["metric"] == "examples") & (m["split"] == split)
+                & ((m["dataset"] == dataset) if dataset else True)]["value"].dropna()
+        if len(rec):
+            return int(rec.max())
     spec = tables.spec or {}
     dataset = dataset or spec.get("dataset")
     if not dataset:

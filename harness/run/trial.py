@@ -252,6 +252,10 @@ def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, o
     # how many labels trained and selected this trial (the budget, and the validation size)
     add("examples", len(ctx.task.train), "count")
     add("examples", len(ctx.task.val), "count", split="val")
+    if test_acc is not None:  # what each final accuracy is a fraction of (claims' binomial error)
+        add("examples", len(ctx.task.test), "count", split="test")
+        for name in ood_acc or {}:
+            add("examples", len(ctx.task.ood[name]), "count", split=f"ood:{name}")
     return rows
 
 

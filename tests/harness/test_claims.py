@@ -182,3 +182,17 @@ def test_claims_csv_names_the_interval_method_and_what_it_covers(tmp_path):
     assert {"context", "ci_method", "variance_sources"} <= set(back.columns)
     assert back["ci_method"].str.startswith("Welch").all()
     assert back["variance_sources"].str.contains("seeds .* \\+ test-set sampling").all()
+
+
+def test_split_examples_reads_the_sizes_final_runs_record():
+    import pandas as pd
+
+    from harness.analysis.claims import split_examples
+    from harness.analysis.results import RunTables
+
+    m = pd.DataFrame({"metric": ["examples", "examples", "accuracy"],
+                      "split": ["test", "ood:rotate:30", "test"],
+                      "dataset": ["nowhere", "nowhere", "nowhere"], "value": [123.0, 123.0, 0.5]})
+    tables = RunTables(m, pd.DataFrame(), pd.DataFrame(), env={}, spec={"dataset": "nowhere"})
+    assert split_examples(tables) == 123  # no dataset 'nowhere' exists: the size came from the table
+    assert split_examples(tables, split="ood:rotate:30") == 123
