@@ -179,6 +179,24 @@ def contrast_ci(terms: Sequence[tuple[float, Sample]], scale: float = 1.0) -> In
     return Interval(effect, effect - half, effect + half, f"{method} (df {dof:.1f})", sources)
 
 
+class EdgeOfRange(ValueError):
+    """A cell a claim reads selected its config at the edge of the search range."""
+
+
+def _check_range(tables, rows: pd.DataFrame) -> None:
+    """Refuse a cell whose best config sits at the edge of its search range: its optimum may lie
+    outside, so comparing it is comparing an under-tuned baseline."""
+    summary = tables.summary
+    if rows.empty or summary is None or "edge_of_range" not in summary or "cell" not in rows:
+        return
+    cell = rows["cell"].iloc[0]
+    flags = summary.loc[summary["cell"] == cell, "edge_of_range"].dropna()
+    flags = [f for f in flags if isinstance(f, str) and f]
+    if flags:
+        raise EdgeOfRange(f"cell {cell}: its best config sits at the edge of its search range "
+                          f"({flags[0]}); widen the range before comparing it")
+
+
 def one_cell(rows: pd.DataFrame, what: str = "the selection") -> pd.DataFrame:
     """``rows`` when they come from one cell; :class:`AmbiguousCells` naming the axes that differ."""
     keys = [c for c in ("cell", *CELL_AXES) if c in rows.columns]
@@ -198,7 +216,9 @@ def _final_rows(tables, metric: str, split: str, phase: str, where: dict) -> pd.
     for col, val in where.items():
         sel &= m[col].astype(str) == str(val)
     what = ", ".join(f"{k}={v!r}" for k, v in where.items())
-    return one_cell(m[sel], f"final {metric} on {split} ({what})")
+    rows = one_cell(m[sel], f"final {metric} on {split} ({what})")
+    _check_range(tables, rows)
+    return rows
 
 
 def final_values(tables, metric: str = "accuracy", split: str = "test", phase: str = "all",
@@ -331,7 +351,7 @@ def evaluate_claims(study: str, tables) -> pd.DataFrame:
 def _run_check(claim: Claim, tables) -> Verdict:
     try:
         return claim.check(tables)
-    except AmbiguousCells as e:
+    except (AmbiguousCells, EdgeOfRange) as e:
         return Verdict(float("nan"), float("nan"), float("nan"), "", None, str(e))
     except Exception as e:  # noqa: BLE001 - a check that cannot run is undetermined, said why
         return Verdict(float("nan"), float("nan"), float("nan"), "", None,

@@ -64,7 +64,7 @@ def mean_ci95(values: pd.Series) -> tuple[float, float, int]:
 SUMMARY_COLUMNS = (
     "cell", "device", "dataset", "model", "budget", "strategy", "execution", "n_seeds", "test_acc_mean", "test_acc_ci95", "test_acc_low",
     "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "train_gflops_per_sample",
-    "utilisation", "time_to_target_s", "val_labels", "bn_mode", "best_params",
+    "utilisation", "time_to_target_s", "val_labels", "bn_mode", "best_params", "edge_of_range",
     "trials_ok", "trials_pruned", "trials_failed", "pareto", "skipped",
 )
 
@@ -93,6 +93,15 @@ def _best_finals(final: pd.DataFrame, search: pd.DataFrame) -> pd.DataFrame:
         return final.iloc[0:0]
     best = ok.sort_values(["val_accuracy", "trial"], ascending=[False, True])["trial"].iloc[0]
     return final[final["search_trial"] == best]
+
+
+def _best_edge(ok_search: pd.DataFrame) -> str:
+    """The edge-of-range flags of the cell's best search trial (the config its finals re-ran)."""
+    if ok_search.empty or "edge_of_range" not in ok_search:
+        return ""
+    best = ok_search.sort_values(["val_accuracy", "trial"], ascending=[False, True]).iloc[0]
+    flag = best["edge_of_range"]
+    return "" if not isinstance(flag, str) else flag
 
 
 def _val_labels(measurements: pd.DataFrame, cell: str) -> float:
@@ -134,6 +143,7 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "val_labels": _val_labels(measurements, cell),
             "bn_mode": (final if len(final) else search).get("bn_mode", pd.Series([""])).iloc[0],
             "best_params": final["params"].iloc[0] if len(final) else "",
+            "edge_of_range": _best_edge(ok_search),
             "trials_ok": int((search["status"] == "ok").sum()),
             "trials_pruned": int((search["status"] == "pruned").sum()),
             "trials_failed": int((search["status"] == "failed").sum()),

@@ -85,6 +85,9 @@ def summary_view(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> p
             lambda r: f"{r['trials_ok']}/{r['trials_pruned']}/{r['trials_failed']}", axis=1),
         # non-dominated on (test accuracy, samples/s) among the cells of its device and budget
         "Pareto": summary["pareto"].astype(str).map({"True": "yes"}).fillna(""),
+        # a best config in the outer 5% of its range: a flag, not a result
+        "edge of range": (summary["edge_of_range"].astype(object).fillna("")
+                          if "edge_of_range" in summary else ""),
     })
     # an axis with one value is said once, in the report's header, not on every row
     return view.drop(columns=[c for c in ("device", "dataset", "model") if view[c].nunique() == 1])
@@ -122,10 +125,25 @@ def _axes(run: RunTables, seconds: float | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["axis", "values"])
 
 
+def _protocol(spec: dict) -> str:
+    """How long every budget trains and how many validation labels select: the choices that
+    decide whether budgets are comparable."""
+    epochs, min_steps = spec.get("epochs"), spec.get("min_steps")
+    steps = (f"every budget trains {epochs} epochs, so smaller budgets take fewer optimisation "
+             "steps" if min_steps is None else
+             f"every trial takes at least {min_steps} optimisation steps ({epochs} epochs, more "
+             "for budgets whose epochs are short)")
+    val = spec.get("val_per_class")
+    selection = ("the whole validation split selects (column *val labels*)" if val is None else
+                 f"{val} validation labels per class select (column *val labels*)")
+    return f"Training length: {steps}; {selection}."
+
+
 def _intro(run: RunTables) -> str:
     spec, env, m = run.spec, run.env, run.measurements
     parts = [spec.get("description", ""), METHOD.format(trials=spec.get("trials"),
-                                                        seeds=spec.get("seeds"))]
+                                                        seeds=spec.get("seeds")),
+             _protocol(spec)]
     load_avg = m[m["metric"] == "loadavg_1m"]["value"]
     cpus = env.get("cpu_count") or 1
     if len(load_avg) and load_avg.max() > cpus + 1:

@@ -75,6 +75,9 @@ class TrialRow:
     # the columns the run's storage adds; None leaves the column out of the row
     search_trial: int | None = None  # a final run of rerun="all": the search trial it re-runs
     pareto: bool | None = None  # a search trial of a multi-objective run: on the Pareto front?
+    # a search trial whose numeric hyperparameters sit in the outer 5% of their searched range
+    # (log scale where searched log): "lr=0.97 top of [0.001, 1] log"; "" when none does
+    edge_of_range: str | None = None
     retry_of: int | None = None  # a re-queued interrupted trial: its number (every trial has the column)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class TrialRow:
         row |= {f"{_PARAM}{k}": v for k, v in self.hp.items()}
         if self.ran:
             row["worker"] = self.worker
-        for name in ("search_trial", "pareto"):
+        for name in ("search_trial", "pareto", "edge_of_range"):
             if getattr(self, name) is not None:
                 row[name] = getattr(self, name)
         if self.trial is not None:

@@ -16,6 +16,7 @@ process's, or a :func:`run_worker`'s); planning the run and writing its files is
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -148,7 +149,9 @@ class _Worker:
         values = [res.val_accuracy]
         if "throughput" in self.spec.objectives:
             values.append(_train_throughput(res))
-        return self._outcome(cell, res, values)
+        out = self._outcome(cell, res, values)
+        edge = edge_of_range(trial.params, trial.distributions)
+        return replace(out, row=replace(out.row, edge_of_range=edge))
 
     def final(self, cell: Cell, number: int, index: int, hp: Mapping[str, Any] | None,
               why: str) -> Outcome:
@@ -164,11 +167,7 @@ class _Worker:
 
     def _context(self, device: str, cell: Cell) -> TrialContext:
         spec = self.spec
-        key = device, cell.dataset, cell.budget
-        if key not in self._tasks:
-            self._tasks[key] = load_task(cell.dataset, spec.classes, cell.budget, device,
-                                         root=spec.data_root, ood=spec.ood, loader=spec.loader)
-        task = self._tasks[key]
+        task = self._task(device, cell)
         if cell.model not in self._pre:
             if spec.pretrain is not None:
                 recipe = replace(spec.pretrain, model=cell.model)
@@ -179,16 +178,57 @@ class _Worker:
                 self._pre[cell.model] = None
         return TrialContext(self.plan.run_id, task, self._pre[cell.model])
 
+    def _task(self, device: str, cell: Cell):
+        spec = self.spec
+        key = device, cell.dataset, cell.budget
+        if key not in self._tasks:
+            self._tasks[key] = load_task(cell.dataset, spec.classes, cell.budget, device,
+                                         root=spec.data_root, ood=spec.ood, loader=spec.loader,
+                                         val_shots=spec.val_per_class)
+        return self._tasks[key]
+
     def _template(self, cell: Cell) -> TrialConfig:
         spec = self.spec
+        device = self.device or cell.device
         return TrialConfig(
             study=spec.name, cell=cell.id, stage="search", trial=0, seed=SEARCH_SEED,
             strategy=cell.strategy, hp={}, dataset=cell.dataset, classes=spec.classes,
-            shots=cell.budget, model=cell.model, device=self.device or cell.device,
-            execution=cell.execution, epochs=spec.epochs, batch_size=spec.batch_size,
+            shots=cell.budget, model=cell.model, device=device, execution=cell.execution,
+            epochs=epochs_for(spec, len(self._task(device, cell).train)), batch_size=spec.batch_size,
             target_accuracy=spec.target_accuracy, data_root=spec.data_root, ood=spec.ood,
             loader=spec.loader, loader_workers=spec.loader_workers, weights=spec.weights,
         )
+
+
+def epochs_for(spec: StudySpec, n_train: int) -> int:
+    """The epochs a trial of ``n_train`` labelled examples trains: the study's, or more when
+    ``min_steps`` asks for at least that many optimisation steps (small budgets, few steps)."""
+    if spec.min_steps is None:
+        return spec.epochs
+    steps_per_epoch = n_train // min(spec.batch_size, n_train)
+    return max(spec.epochs, math.ceil(spec.min_steps / steps_per_epoch))
+
+
+def edge_of_range(params: Mapping[str, Any], distributions: Mapping[str, Any],
+                  margin: float = 0.05) -> str:
+    """The numeric hyperparameters within the outer ``margin`` of their searched range (log
+    scale where searched log), e.g. ``"lr=0.97 top of [0.001, 1] log"``; "" when none is.
+
+    A best config there is a flag, not a result: the optimum may lie outside the range.
+    """
+    flags = []
+    for name, dist in distributions.items():
+        low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+        value = params.get(name)
+        if low is None or high is None or high <= low or isinstance(value, bool) or value is None:
+            continue
+        log = bool(getattr(dist, "log", False))
+        scale = math.log if log else float
+        pos = (scale(value) - scale(low)) / (scale(high) - scale(low))
+        if pos <= margin or pos >= 1 - margin:
+            side = "bottom" if pos <= margin else "top"
+            flags.append(f"{name}={value:.3g} {side} of [{low:g}, {high:g}]" + (" log" if log else ""))
+    return "; ".join(flags)
 
 
 def _train_throughput(res: TrialResult) -> float:

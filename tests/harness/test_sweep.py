@@ -290,3 +290,33 @@ def test_no_two_search_trials_draw_the_same_start_up_point(tmp_path):
         t = load(run_study(spec, out_root=tmp_path / out, progress=False).run_dir).trials
         params.append(t[t["stage"] == "search"]["params"].tolist())
     assert len(set(params[0])) == 4 and params[0] == params[1]
+
+
+def test_edge_of_range_is_flagged_per_trial_and_for_the_cells_best_config():
+    from harness.run.sweep import edge_of_range
+
+    lr = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
+    k = optuna.distributions.IntDistribution(1, 4)
+    assert edge_of_range({"lr": 0.9, "k": 2}, {"lr": lr, "k": k}) == "lr=0.9 top of [0.001, 1] log"
+    assert edge_of_range({"lr": 0.03, "k": 1}, {"lr": lr, "k": k}) == "k=1 bottom of [1, 4]"
+    assert edge_of_range({"lr": 0.03, "k": 2}, {"lr": lr, "k": k}) == ""  # 0.03: mid-range on log
+
+
+def test_a_run_flags_a_best_config_at_the_edge_and_records_what_selected_it(tmp_path):
+    """One trial, enqueued at the top of the probe's lr range: trials.csv, summary.csv and the
+    report flag it; the validation labels (val_per_class) and the steps (min_steps) are recorded."""
+    spec = _spec(strategies=("linear_probe",), trials=1, seeds=1, epochs=2, budgets=(5,),
+                 val_per_class=7, min_steps=20,
+                 enqueue={"linear_probe": {"lr": 0.95, "weight_decay": 1e-4}})
+    run = run_study(spec, out_root=tmp_path, progress=False)
+    tables = load(run.run_dir)
+    search = tables.trials[tables.trials["stage"] == "search"]
+    assert search["edge_of_range"].tolist() == ["lr=0.95 top of [0.001, 1] log"]
+    assert tables.summary["edge_of_range"].tolist() == ["lr=0.95 top of [0.001, 1] log"]
+    assert tables.summary["val_labels"].tolist() == [21]  # 7 per class, 3 classes
+    assert "lr=0.95 top of [0.001, 1] log" in (run.run_dir / "report.md").read_text()
+    m = tables.measurements
+    epochs = m[(m["metric"] == "loss") & (m["split"] == "train") & m["epoch"].notna()
+               & (m["stage"] == "search")]["epoch"]
+    # 15 examples, batch 15: one step an epoch, so 20 steps take 20 epochs (not the study's 2)
+    assert epochs.max() == 19

@@ -246,3 +246,20 @@ def test_claim_reaches_each_verdict_on_its_tables(study, claim, verdict):
         if row["unit"] == "points":  # accuracy: the test set's sampling error is in the interval
             assert "test-set sampling" in row["variance_sources"] or claim == \
                 "compiled_matches_eager", row["variance_sources"]
+
+
+def test_a_claim_reading_a_cell_whose_best_config_is_at_the_range_edge_is_undetermined():
+    import dataclasses
+
+    import pandas as pd
+
+    tables = _fvp(0.95, 0.85)
+    probe = tables.trials[tables.trials["strategy"] == "linear_probe"]["cell"].iloc[0]
+    summary = pd.DataFrame({"cell": tables.trials["cell"].unique()})
+    summary["edge_of_range"] = ["lr=0.98 top of [0.001, 1] log" if c == probe else ""
+                                for c in summary["cell"]]
+    claims = evaluate_claims("finetune_vs_probe", dataclasses.replace(tables, summary=summary))
+    reads_probe = claims[claims["detail"].str.contains("edge of its search range")]
+    assert len(reads_probe) >= 1
+    assert set(reads_probe["verdict"]) == {"undetermined"}
+    assert set(evaluate_claims("finetune_vs_probe", tables)["verdict"]) == {"pass"}
