@@ -42,13 +42,13 @@ def test_tidy_table_has_the_documented_columns_and_one_value_per_row(tiny_run):
     assert tuple(m.columns) == COLUMNS
     assert m["value"].dtype == float
     assert set(m["stage"]) == {"pretrain", "search", "final"}
-    assert set(m["strategy"]) == {"pretrain", "linear_probe", "full_finetune"}
+    assert set(m["strategy"]) == {"pretrain", "linear_probe_lbfgs", "full_finetune"}
 
 
 def test_test_split_is_measured_only_by_the_final_reruns(tiny_run):
     run_dir, _ = tiny_run
     m = load(run_dir).measurements
-    test_rows = m[m["split"] == "test"]
+    test_rows = m[(m["split"] == "test") & (m["metric"] == "accuracy")]
     assert set(test_rows["stage"]) == {"final"}
     # 3 budgets x 2 strategies x 2 seeds
     assert len(test_rows) == 12 and test_rows["seed"].nunique() == 2
@@ -92,7 +92,8 @@ def test_optuna_storage_is_readable_by_optuna(tiny_run):
     searches = [n for n in names if n.endswith("/eager")]
     assert len(names) == 13 and len(searches) == 6
     assert sum(n.endswith("/final") for n in names) == 6
-    study = optuna.load_study(study_name=searches[0], storage=url)
+    ft = next(n for n in searches if "/full_finetune/" in n)
+    study = optuna.load_study(study_name=ft, storage=url)
     assert len(study.trials) == 2 and study.best_trial.user_attrs["hp"]["lr"] > 0
 
 
