@@ -159,7 +159,9 @@ class _Worker:
         if "throughput" in self.spec.objectives:
             values.append(_train_throughput(res))
         out = self._outcome(cell, res, values)
-        edge = edge_of_range(trial.params, trial.distributions)
+        # a grid's points are the study's protocol, not a searched range: no edge to flag
+        grid = self.spec.sampler == "grid"
+        edge = "" if grid else edge_of_range(trial.params, trial.distributions)
         return replace(out, row=replace(out.row, edge_of_range=edge))
 
     def final(self, cell: Cell, number: int, index: int, hp: Mapping[str, Any] | None,

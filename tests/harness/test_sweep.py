@@ -305,16 +305,16 @@ def test_edge_of_range_is_flagged_per_trial_and_for_the_cells_best_config():
 def test_a_run_flags_a_best_config_at_the_edge_and_records_what_selected_it(tmp_path):
     """One trial, enqueued at the top of the probe's lr range: trials.csv, summary.csv and the
     report flag it; the validation labels (val_per_class) and the steps (min_steps) are recorded."""
-    spec = _spec(strategies=("linear_probe",), trials=1, seeds=1, epochs=2, budgets=(5,),
-                 val_per_class=7, min_steps=20,
-                 enqueue={"linear_probe": {"lr": 0.95, "weight_decay": 1e-4}})
+    spec = _spec(strategies=("linear_probe_lbfgs",), trials=1, seeds=1, epochs=2, budgets=(5,),
+                 val_per_class=7, min_steps=20, enqueue={"linear_probe_lbfgs": {"C": 9e4}})
     run = run_study(spec, out_root=tmp_path, progress=False)
     tables = load(run.run_dir)
     search = tables.trials[tables.trials["stage"] == "search"]
-    assert search["edge_of_range"].tolist() == ["lr=0.95 top of [0.001, 1] log"]
-    assert tables.summary["edge_of_range"].tolist() == ["lr=0.95 top of [0.001, 1] log"]
+    flag = "C=9e+04 top of [1e-06, 100000] log"
+    assert search["edge_of_range"].tolist() == [flag]
+    assert tables.summary["edge_of_range"].tolist() == [flag]
     assert tables.summary["val_labels"].tolist() == [21]  # 7 per class, 3 classes
-    assert "lr=0.95 top of [0.001, 1] log" in (run.run_dir / "report.md").read_text()
+    assert flag in (run.run_dir / "report.md").read_text()
     m = tables.measurements
     epochs = m[(m["metric"] == "loss") & (m["split"] == "train") & m["epoch"].notna()
                & (m["stage"] == "search")]["epoch"]

@@ -178,5 +178,10 @@ def test_tiny_run_re_runs_every_lr_of_every_strategy_and_evaluates_its_claims(ti
         assert mine.groupby("search_trial").size().tolist() == [spec.seeds] * len(TINY_LRS)
     result = evaluate_claims("ulmfit_unfreezing", tables)
     assert list(result["claim"]) == [c.name for c in claims()]
-    assert result["effect"].notna().all() and result["ci_low"].notna().all()
-    assert set(result["verdict"]) <= {"pass", "fail"}
+    assert result["effect"].notna().all()
+    # a tiny run can leave a claim undetermined (a side with too few runs for an interval),
+    # but then it says why; a decided claim has its interval
+    decided = result[result["verdict"].isin(["pass", "fail"])]
+    assert decided["ci_low"].notna().all()
+    assert (result.loc[result["verdict"] == "undetermined", "detail"].str.len() > 0).all()
+    assert set(result["verdict"]) <= {"pass", "fail", "undetermined"}
