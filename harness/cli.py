@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -241,8 +243,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(args: argparse.Namespace, raw_storage: str | None, e: KeyboardInterrupt) -> str:
+    """The one line a Ctrl-C or SIGTERM prints: what became of the run, and how to go on."""
+    from harness.run.queue import redact_url
+
+    storage = f" --storage {redact_url(raw_storage)}" if raw_storage else ""
+    if args.command == "worker":
+        return (f"worker interrupted: its running trial (if any) was marked failed and re-queued; "
+                f"join the run again with: python -m harness worker {args.study}{storage}")
+    run_dir = getattr(e, "run_dir", None)  # pipeline.RunInterrupted
+    if args.command == "study" and run_dir is not None and (run_dir / "spec.json").is_file():
+        return (f"interrupted: the running trial (if any) was marked failed and re-queued; finish "
+                f"the run with: python -m harness study {args.name} --resume {run_dir}{storage}")
+    if args.command == "study":
+        return "interrupted before the run was planned; nothing to resume: start the study again."
+    return "interrupted."
+
+
+def _stop(signum: int, frame) -> None:
+    """SIGINT and SIGTERM: stop the run through KeyboardInterrupt, so that the running trial is
+    given back; a second signal during that short clean-up is ignored."""
+    _signals.append(signum)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+_signals: list[int] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raw_storage = getattr(args, "storage", None)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    _signals.clear()
     try:
         if hasattr(args, "storage"):  # every command that takes --storage
             args.storage = storage_url(args.storage)
@@ -268,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
+        print(_interrupted(args, raw_storage, e), file=sys.stderr)
+        return 128 + (_signals[0] if _signals else signal.SIGINT)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@
 :func:`run_study` checks the study (:func:`~harness.run.preflight.check_runnable`), plans the run
 into its storage, works on it beside any ``worker`` processes (:mod:`harness.run.sweep`), then
 writes every file from the storage: the tables and claims (:mod:`harness.analysis`) and the
-reports (:mod:`harness.report`). :func:`resume_study` finishes a run whose process was killed.
+reports (:mod:`harness.report`). :func:`resume_study` finishes a run whose process was killed,
+and refuses one that still runs (its ``run.lock`` names a live process, or its running trials
+have fresh heartbeats). A Ctrl-C or SIGTERM leaves a run that ``--resume`` finishes
+(:class:`RunInterrupted` says where it is).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -29,16 +33,61 @@ from harness.run.queue import (
     RunPlan,
     collect,
     find_run,
+    gone,
+    live_trials,
+    missing_storage,
     open_storage,
     plan_run,
     redact_url,
     requeue_interrupted,
+    worker_id,
 )
 from harness.run.records import Measurement
 from harness.run.sweep import FINAL_SEEDS, SEARCH_SEED, work
 from harness.train.pretrain import Pretrained, pretrained_backbone, recipe_key
 
-__all__ = ["StudyRun", "new_run_id", "resume_study", "run_study"]
+__all__ = ["RunInterrupted", "StudyRun", "new_run_id", "resume_study", "run_study"]
+
+LOCK = "run.lock"  # in the run folder while a study process works on it: "host:pid"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A Ctrl-C or SIGTERM stopped the run in ``run_dir``; its running trial was marked failed
+    ("interrupted") and re-queued, so ``--resume run_dir`` finishes it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+@contextlib.contextmanager
+def _holding(run_dir: Path):
+    """Name this process in the run folder's lock while the block runs; a stop by Ctrl-C or
+    SIGTERM leaves as :class:`RunInterrupted`."""
+    lock = run_dir / LOCK
+    atomic_write_text(lock, worker_id())
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir) from None
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _refuse_if_alive(run_dir: Path, store, plan: RunPlan) -> None:
+    """A :class:`UserError` when a process still works on the run: resuming it would fail its
+    running trials under it."""
+    held = []
+    lock = run_dir / LOCK
+    if lock.is_file():
+        who = lock.read_text().strip()
+        if who and who != worker_id() and not gone(who):
+            held.append(f"the study process {who} holds {LOCK}")
+    held += live_trials(store, plan)
+    if held:
+        raise UserError(f"run {run_dir.name!r} is still running ({'; '.join(held[:3])}"
+                        f"{'; ...' if len(held) > 3 else ''}); --resume finishes a run whose "
+                        "processes are gone: let it finish, or stop it (Ctrl-C) and resume then.")
 
 
 @dataclass(frozen=True)
@@ -96,26 +145,27 @@ def run_study(
     t_start = time.perf_counter()
     run_id = new_run_id()
     run_dir = _make_run_dir(out_root, spec.name, run_id)
-    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    store = store or open_storage(storage_url)
-    device = _first_device(spec)
-    env = environment(resolve_device(device))
-    env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
-               final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
-    atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
-    spec_dict = spec.to_dict()
-    if spec.pretrain is not None:
-        spec_dict["pretrain_key"] = recipe_key(spec.pretrain)
-    atomic_write_text(run_dir / "spec.json", json.dumps(spec_dict, indent=2))
+    with _holding(run_dir):
+        storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+        store = store or open_storage(storage_url)
+        device = _first_device(spec)
+        env = environment(resolve_device(device))
+        env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
+                   final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
+        atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
+        spec_dict = spec.to_dict()
+        if spec.pretrain is not None:
+            spec_dict["pretrain_key"] = recipe_key(spec.pretrain)
+        atomic_write_text(run_dir / "spec.json", json.dumps(spec_dict, indent=2))
 
-    pre_rows = []
-    if spec.pretrain is not None:
-        for model in spec.model_axis:
-            pre = pretrained_backbone(replace(spec.pretrain, model=model), device)
-            pre_rows += _pretrain_rows(run_id, spec, pre, device)
-    plan = plan_run(store, spec, run_id, pre_rows)
-    work(store, plan, None, progress)
-    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+        pre_rows = []
+        if spec.pretrain is not None:
+            for model in spec.model_axis:
+                pre = pretrained_backbone(replace(spec.pretrain, model=model), device)
+                pre_rows += _pretrain_rows(run_id, spec, pre, device)
+        plan = plan_run(store, spec, run_id, pre_rows)
+        work(store, plan, None, progress)
+        return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
 
 
 def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True) -> StudyRun:
@@ -131,18 +181,24 @@ def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool
     if storage is None and not (run_dir / "optuna.db").is_file():
         raise UserError(f"run {str(run_dir)!r} used the storage {env.get('storage')!r}; pass it "
                         "again with --storage to resume.")
+    missing = missing_storage(storage_url)
+    if missing is not None:  # never create a storage: a mistyped path would leave one behind
+        raise UserError(f"the storage {redact_url(storage_url)!r} does not exist (no file "
+                        f"{missing!r}); pass the storage run {run_dir.name!r} used with --storage.")
     store = open_storage(storage_url)
     spec_dict = json.loads(spec_file.read_text())
     plan = find_run(store, spec_dict["name"], run_dir.name)
     if plan is None:
         raise UserError(f"run {run_dir.name!r} of study {spec_dict['name']!r} is not in the storage "
                         f"{redact_url(storage_url)!r}; pass the storage the run used with --storage.")
+    _refuse_if_alive(run_dir, store, plan)
     t_start = time.perf_counter()
-    requeued = requeue_interrupted(store, plan)
-    if progress and requeued:
-        print(f"{spec_dict['name']}: re-queued {requeued} interrupted trial(s)")
-    work(store, plan, None, progress)
-    return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+    with _holding(run_dir):
+        requeued = requeue_interrupted(store, plan)
+        if progress and requeued:
+            print(f"{spec_dict['name']}: re-queued {requeued} interrupted trial(s)")
+        work(store, plan, None, progress)
+        return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
 
 
 def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float) -> StudyRun:

@@ -16,7 +16,7 @@ import pytest
     (["study", "finetune_vs_probe", "--resume", "x", "--trials", "3"],
      "--resume finishes a run as it was planned; drop --trials."),
     (["worker", "finetune_vs_probe", "--storage", "journal:/nonexistent-dir/x.log"],
-     "cannot open Optuna storage"),
+     "the storage 'journal:/nonexistent-dir/x.log' does not exist"),
 ])
 def test_user_mistakes_exit_2_with_one_line(args, needle, tmp_path, capsys):
     from harness.cli import main
@@ -121,6 +121,7 @@ def test_help_explains_every_study_option(run_cli):
 
 
 def test_a_worker_with_no_run_to_join_exits_2(run_cli, tmp_path):
+    (tmp_path / "j.log").write_text("")  # a journal with no run in it
     res = run_cli("worker", "finetune_vs_probe", "--storage", f"journal:{tmp_path / 'j.log'}")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "no unfinished run of study 'finetune_vs_probe'" in res.stderr
@@ -181,3 +182,32 @@ def test_a_missing_storage_file_or_variable_is_one_line_and_exit_2(tmp_path, mon
     assert code == 2, err
     assert err.strip().splitlines() == [err.strip()] and needle.format(tmp=tmp_path) in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("url", ["journal:{tmp}/typo.log", "sqlite:///{tmp}/typo.db",
+                                 "sqlite:///{tmp}/no-such-dir/typo.db"])
+@pytest.mark.parametrize("wait", [[], ["--wait", "1"]])
+def test_a_worker_never_creates_a_storage(tmp_path, capsys, url, wait):
+    """A mistyped path is one line and exit 2, and leaves no empty journal or fresh database."""
+    from harness.cli import main
+
+    url = url.format(tmp=tmp_path)
+    code = main(["worker", "finetune_vs_probe", "--storage", url, *wait])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and f"the storage {url!r} does not exist" in err
+    assert "a worker joins a run and never creates one" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_with_a_mistyped_storage_creates_none(tmp_path, capsys):
+    from harness.cli import main
+
+    run_dir = tmp_path / "runs" / "s" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "spec.json").write_text("{}")
+    (run_dir / "env.json").write_text("{}")
+    code = main(["study", "s", "--resume", str(run_dir), "--storage", f"journal:{tmp_path / 'typo.log'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

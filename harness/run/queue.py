@@ -21,22 +21,37 @@ storage: nothing here schedules, the storage does. A finished trial keeps its me
 records and its trial-table row (a :class:`~harness.run.records.TrialRow`) as user attributes,
 so the tables are built from the storage alone, whichever machine ran what.
 
+A process that dies mid-trial leaves it RUNNING. While a trial runs, a thread records its
+heartbeat every :data:`HEARTBEAT_S` seconds (Optuna's RDB heartbeat; the journal keeps it as a
+trial attribute, :class:`_BeatingJournal`), and every process of the run, between trials and
+while it waits, fails the RUNNING trials whose heartbeat stopped ("worker lost") and queues a
+copy of each with the same parameters (``retry_of``), as ``--resume`` does for a killed run.
+A Ctrl-C or SIGTERM does the same for the process's own trial ("interrupted").
+
 Storage URLs: any SQLAlchemy URL Optuna accepts (``sqlite:///x.db``, ``postgresql://...``) or
 ``journal:PATH``, Optuna's journal file for several processes on one machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
+import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, replace
 from typing import Any, Protocol
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages.journal import JournalStorage
 from optuna.trial import TrialState, create_trial
+
+# Optuna's heartbeat interface (its RDB storage implements it; the journal gets it below)
+from optuna.storages._heartbeat import BaseHeartbeat  # isort: skip
 
 from harness.config.spec import StudySpec, budget_label, spec_from_dict
 from harness.errors import UserError
@@ -44,6 +59,7 @@ from harness.run.records import Measurement, TrialRow
 
 __all__ = [
     "FINISHED",
+    "HEARTBEAT_S",
     "Cell",
     "Outcome",
     "RunPlan",
@@ -51,11 +67,15 @@ __all__ = [
     "best_config",
     "collect",
     "find_run",
+    "gone",
+    "live_trials",
+    "missing_storage",
     "open_storage",
     "plan_run",
     "pop_trial",
     "redact_url",
     "requeue_interrupted",
+    "requeue_lost",
     "run_trials",
     "search_trials",
 ]
@@ -65,6 +85,15 @@ RECORDS, ROW = "harness_records", "harness_row"  # a finished trial's user attri
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _OPEN = (TrialState.WAITING, TrialState.RUNNING)
 
+# A running trial's heartbeat: one small write every HEARTBEAT_S seconds; a trial whose last beat
+# is GRACE_BEATS intervals old belongs to a process that is gone. HARNESS_HEARTBEAT_S lowers it
+# for the tests that kill workers (they would otherwise wait 20 s for each lost trial).
+HEARTBEAT_S = int(os.environ.get("HARNESS_HEARTBEAT_S", "5"))
+GRACE_BEATS = 4
+WORKER, BEAT = "harness_worker", "harness_heartbeat"  # a trial's system attributes: who, when
+INTERRUPTED = ("interrupted: the process running it stopped (Ctrl-C, SIGTERM or killed); "
+               "re-queued with its parameters")
+
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, for logs, tables and reports."""
@@ -73,21 +102,76 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def missing_storage(url: str) -> str | None:
+    """The file a ``journal:`` or ``sqlite:`` URL names when it does not exist, else None.
+
+    A worker or a resumed run joins a storage and must never create one: opening a mistyped
+    path would leave an empty journal or a fresh SQLite database behind.
+    """
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:").removeprefix("//")
+    elif url.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            path = make_url(url).database or ""
+        except Exception:  # noqa: BLE001 - a malformed URL: opening it says what is wrong
+            return None
+        if path in ("", ":memory:") or path.startswith("file:"):
+            return None
+    else:
+        return None  # a server: it says itself when the database is missing
+    return None if os.path.exists(path) else path
+
+
+class _BeatingJournal(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with the heartbeat its RDB storage has (the journal has none).
+
+    A beat is the trial's ``harness_heartbeat`` system attribute, the time it was written:
+    a journal file serves processes on one machine, so they share one clock.
+    """
+
+    def __init__(self, backend, interval: int, grace: int) -> None:
+        super().__init__(backend)
+        self._interval, self._grace = interval, grace
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, BEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False,
+                                                         states=(TrialState.RUNNING,))
+                if BEAT in t.system_attrs and now - t.system_attrs[BEAT] > self._grace]
+
+    def get_heartbeat_interval(self) -> int:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None  # the queue re-queues lost trials itself (requeue_lost)
+
+
 def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
-    """The Optuna storage at ``url``; a :class:`UserError` (password masked) when it cannot open.
+    """The Optuna storage at ``url``, with heartbeats; a :class:`UserError` (password masked)
+    when it cannot open.
 
     Workers that start together on an empty database race to create Optuna's tables, and the
     losers get a unique-key violation: they retry, and find the tables made.
     """
+    interval, grace = HEARTBEAT_S, GRACE_BEATS * HEARTBEAT_S
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
             path = url.removeprefix("journal:").removeprefix("//")
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
+            return _BeatingJournal(JournalFileBackend(path), interval, grace)
         for attempt in range(attempts):
             try:
-                return optuna.storages.get_storage(url)
+                with warnings.catch_warnings():  # "heartbeat_interval is experimental"
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=interval,
+                                                     grace_period=grace)
+                return optuna.storages.get_storage(rdb)
             except Exception as e:
                 if "IntegrityError" not in repr(e) and "already exists" not in str(e) \
                         or attempt == attempts - 1:
@@ -155,7 +239,9 @@ def plan_run(storage, spec: StudySpec, run_id: str, pretrain_records=()) -> RunP
     cells = tuple(Cell(d, ds, m, b, s, e, skipped.get((d, e), ""))
                   for d, ds, m, b, s, e in spec.cells())
     plan = RunPlan(spec, run_id, cells, tuple(pretrain_records))
-    manifest = optuna.create_study(storage=storage, study_name=plan.prefix)
+    # every study of the run maximises: the finals' values are test accuracies, and Optuna's
+    # best_trial (and optuna-dashboard's "best") must be the most accurate seed, not the least
+    manifest = optuna.create_study(storage=storage, study_name=plan.prefix, direction="maximize")
     for cell in cells:
         if cell.skipped:
             continue
@@ -168,7 +254,8 @@ def plan_run(storage, spec: StudySpec, run_id: str, pretrain_records=()) -> RunP
             else:
                 # no fixed parameters: the sampler (grid ids included) decides when it runs
                 search.add_trial(create_trial(state=TrialState.WAITING))
-        final = optuna.create_study(storage=storage, study_name=plan.final_name(cell))
+        final = optuna.create_study(storage=storage, study_name=plan.final_name(cell),
+                                    direction="maximize")
         configs = range(search_trials(spec, cell.strategy)) if spec.rerun == "all" else [None]
         for j in configs:  # None: the best search config, known once the search is done
             for i in range(spec.seeds):
@@ -226,16 +313,25 @@ def _trials(storage, name: str, states=None) -> list[optuna.trial.FrozenTrial]:
     return storage.get_all_trials(sid, deepcopy=False, states=states)
 
 
+def _beats(storage) -> bool:
+    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+
+
 def _claim(storage, name: str) -> optuna.trial.FrozenTrial | None:
     """Move one WAITING trial of study ``name`` to RUNNING for this process; None when none is left.
 
-    The storage's WAITING -> RUNNING transition succeeds for one process only.
+    The storage's WAITING -> RUNNING transition succeeds for one process only. The first heartbeat
+    goes before the claim, so a process killed right after it still leaves a trial that goes
+    stale; the worker's name goes after (a loser of the race must not overwrite the winner's).
     """
     for t in _trials(storage, name, states=(TrialState.WAITING,)):
         try:
+            if _beats(storage):
+                storage.record_heartbeat(t._trial_id)
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                storage.set_trial_system_attr(t._trial_id, WORKER, worker_id())
                 return t
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except UpdateFinishedTrialError:
             continue
     return None
 
@@ -250,31 +346,122 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def gone(worker: str) -> bool:
+    """Whether ``worker`` ("host:pid") names a process of this machine that no longer runs.
+
+    False when it runs, or runs on another machine (only its heartbeats can tell then).
+    """
+    host, _, pid_text = worker.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it runs
+        return False
+    try:  # a zombie (killed, not yet reaped) is gone too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _retry(storage, name: str, trial_id: int, error: str) -> bool:
+    """Fail RUNNING trial ``trial_id`` of study ``name`` with ``error`` and queue a copy of it
+    with the same parameters (``retry_of``). False when it finished first, or another process
+    failed it first: the move to FAIL succeeds once, and only its winner queues the copy."""
+    t = storage.get_trial(trial_id)
+    if t.state != TrialState.RUNNING:
+        return False
+    try:
+        storage.set_trial_user_attr(trial_id, "error", error)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    copy = create_trial(state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                        user_attrs={k: v for k, v in t.user_attrs.items()
+                                    if k not in (RECORDS, ROW, "error")} | {"retry_of": t.number},
+                        system_attrs={k: v for k, v in t.system_attrs.items()
+                                      if k not in (WORKER, BEAT)})
+    _study(storage, name).add_trial(copy)
+    return True
+
+
+def _queue_names(plan: RunPlan) -> list[str]:
+    return [n for c in plan.cells if not c.skipped for n in (plan.search_name(c), plan.final_name(c))]
+
+
 def requeue_interrupted(storage, plan: RunPlan) -> int:
     """Mark every RUNNING trial of the run FAIL ("interrupted") and queue a copy of each.
 
-    For ``--resume`` of a run whose processes are gone: completed trials stay as they are;
-    the interrupted ones run again with the parameters they had been given.
+    For ``--resume`` of a run whose processes are gone (:func:`live_trials` finds none):
+    completed trials stay as they are; the interrupted ones run again with the parameters they
+    had been given.
     """
+    return sum(_retry(storage, name, t._trial_id, INTERRUPTED) for name in _queue_names(plan)
+               for t in _trials(storage, name, states=(TrialState.RUNNING,)))
+
+
+def requeue_lost(storage, plan: RunPlan) -> int:
+    """Fail every RUNNING trial of the run whose heartbeat stopped ("worker lost") and queue a
+    copy of each; returns how many. Every process of the run calls it while it works and waits,
+    so the run finishes without the process that died."""
+    if not _beats(storage):
+        return 0
     n = 0
-    for cell in plan.cells:
-        if cell.skipped:
-            continue
-        for name in (plan.search_name(cell), plan.final_name(cell)):
-            study = _study(storage, name)
-            for t in _trials(storage, name, states=(TrialState.RUNNING,)):
-                copy = create_trial(state=TrialState.WAITING, params=t.params,
-                                    distributions=t.distributions,
-                                    user_attrs={k: v for k, v in t.user_attrs.items()
-                                                if k not in (RECORDS, ROW)}
-                                    | {"retry_of": t.number},
-                                    system_attrs=t.system_attrs)
-                storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the process "
-                                            "running it stopped; the resumed run re-queued it")
-                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                study.add_trial(copy)
-                n += 1
+    grace = GRACE_BEATS * storage.get_heartbeat_interval()
+    for name in _queue_names(plan):
+        for trial_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(name)):
+            who = storage.get_trial(trial_id).system_attrs.get(WORKER, "its process")
+            n += _retry(storage, name, trial_id, f"worker lost: {who} sent no heartbeat for "
+                        f"{grace} s (killed, or its machine stopped); re-queued with its parameters")
     return n
+
+
+def live_trials(storage, plan: RunPlan) -> list[str]:
+    """The RUNNING trials of the run whose process still runs, as "trial N of CELL on host:pid".
+
+    Alive: its heartbeat is fresh, and its process is not one of this machine that is gone.
+    A trial with no worker attribute (from an older harness, or killed at the claim) counts
+    as gone.
+    """
+    live = []
+    for name in _queue_names(plan):
+        stale = set(storage._get_stale_trial_ids(storage.get_study_id_from_name(name))) \
+            if _beats(storage) else set()
+        for t in _trials(storage, name, states=(TrialState.RUNNING,)):
+            who = t.system_attrs.get(WORKER)
+            if who is not None and t._trial_id not in stale and not gone(who):
+                live.append(f"trial {t.number} of {name.removeprefix(plan.prefix + '/')} on {who}")
+    return live
+
+
+@contextlib.contextmanager
+def _beating(storage, trial_id: int):
+    """Record the trial's heartbeat every interval while the block runs (in a daemon thread)."""
+    if not _beats(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(storage.get_heartbeat_interval()):
+            try:
+                storage.record_heartbeat(trial_id)
+            except UpdateFinishedTrialError:
+                return  # another process declared it lost; the run goes on without this result
+            except Exception:  # noqa: BLE001, S112 - a missed beat: the next one may get through
+                continue
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
 
 
 @dataclass(frozen=True)
@@ -361,16 +548,34 @@ class _Share:
                     return cell, "final", trial
         return None
 
-    def run(self, cell: Cell, stage: str, trial: optuna.Trial) -> None:
-        if stage == "search":
-            out = self.runner.search(cell, trial)
-        else:
-            of = trial.user_attrs.get("search_trial")  # rerun="all": that config, not the best
-            why = ("no search trial of the cell completed" if of is None
-                   else f"search trial {of} did not complete")
-            out = self.runner.final(cell, trial.number, trial.user_attrs["final_index"],
-                                    best_config(self.storage, self.plan, cell, of), why)
-        self.tell(trial, out)
+    def run(self, cell: Cell, stage: str, trial: optuna.Trial) -> bool:
+        """Run and tell one popped trial, its heartbeat beating meanwhile; False when another
+        process declared it lost first (it was re-queued, and this result is dropped)."""
+        name = trial.study.study_name
+        with _beating(self.storage, trial._trial_id):
+            try:
+                if stage == "search":
+                    out = self.runner.search(cell, trial)
+                else:
+                    of = trial.user_attrs.get("search_trial")  # rerun="all": that config
+                    why = ("no search trial of the cell completed" if of is None
+                           else f"search trial {of} did not complete")
+                    out = self.runner.final(cell, trial.number, trial.user_attrs["final_index"],
+                                            best_config(self.storage, self.plan, cell, of), why)
+                self.tell(trial, out)
+            except UpdateFinishedTrialError:
+                return False  # its heartbeats came too late: its copy runs instead
+            except BaseException as e:
+                # Ctrl-C (or SIGTERM, as the CLI raises it), or this process cannot go on (a
+                # failed trial is a row, never an exception): another process, or --resume,
+                # runs the trial again. Best effort: a storage that fails here leaves the trial
+                # RUNNING, and its silent heartbeat has it re-queued all the same.
+                why = INTERRUPTED if isinstance(e, KeyboardInterrupt) else \
+                    f"crashed: {type(e).__name__}: {e}; re-queued with its parameters"
+                with contextlib.suppress(Exception):
+                    _retry(self.storage, name, trial._trial_id, why)
+                raise
+        return True
 
     def tell(self, trial: optuna.Trial, out: Outcome) -> None:
         """Store the trial's records and row with it, and finish it in Optuna."""
@@ -385,8 +590,10 @@ class _Share:
         values = out.values if state == TrialState.COMPLETE else None
         if values is not None and not all(math.isfinite(v) for v in values):
             state, values = TrialState.FAIL, None  # a failed run never reaches selection
-        trial.study.tell(trial, values, state=state)
-
+        # another process may fail the trial ("worker lost") at any moment: then it is not ours
+        told = trial.study.tell(trial, values, state=state, skip_if_finished=True)
+        if told.state != state:
+            raise UpdateFinishedTrialError(f"trial {trial.number} was failed by another process")
 
 
 def run_trials(storage, plan: RunPlan, runner: TrialRunner, device: str | None = None,
@@ -394,20 +601,24 @@ def run_trials(storage, plan: RunPlan, runner: TrialRunner, device: str | None =
     """Run the run's trials that this process can take until every served cell is finished.
 
     ``device`` pins the process to the cells of that device (None: every cell). Waits (polling
-    the storage) while other processes hold the last trials. Returns how many trials this
-    process ran.
+    the storage) while other processes hold the last trials, and every heartbeat interval
+    re-queues the trials of processes that died (:func:`requeue_lost`). Returns how many
+    trials this process ran.
     """
     share = _Share(storage, plan, runner, device)
     ran = 0
+    next_check = 0.0
     while True:
+        if _beats(storage) and time.monotonic() >= next_check:
+            requeue_lost(storage, plan)
+            next_check = time.monotonic() + storage.get_heartbeat_interval()
         popped = share.pop()
         if popped is None:
             if not _open_trials(storage, plan, share.cells):
                 return ran
             time.sleep(poll_s)
             continue
-        share.run(*popped)
-        ran += 1
+        ran += share.run(*popped)
 
 
 def best_config(storage, plan: RunPlan, cell: Cell, number: int | None = None) -> dict[str, Any] | None:

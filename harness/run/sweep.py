@@ -35,7 +35,16 @@ from harness.data.task import load_task
 from harness.errors import UserError
 from harness.models.torchvision import backbone_weights
 from harness.registry import STRATEGIES
-from harness.run.queue import Cell, Outcome, RunPlan, find_run, open_storage, redact_url, run_trials
+from harness.run.queue import (
+    Cell,
+    Outcome,
+    RunPlan,
+    find_run,
+    missing_storage,
+    open_storage,
+    redact_url,
+    run_trials,
+)
 from harness.run.records import TrialRow
 from harness.run.trial import TrialContext, TrialResult, failed_trial, run_trial
 from harness.train.pretrain import pretrained_backbone
@@ -287,11 +296,22 @@ def run_worker(study: str, storage: str, device: str | None = None, run_id: str 
                wait_s: float = 0.0, progress: bool = True) -> int:
     """Join a run of ``study`` in ``storage`` (the newest unfinished, or ``run_id``) and run its trials
     until none is left; returns how many this worker ran. ``device`` pins the worker to the
-    cells of that device (``cuda:1`` serves ``cuda`` cells on GPU 1)."""
+    cells of that device (``cuda:1`` serves ``cuda`` cells on GPU 1).
+
+    A worker never creates a storage: a journal or SQLite file that is not there (a mistyped
+    path) is a :class:`UserError` once ``wait_s`` has passed, and nothing is written.
+    """
     if device is not None:
         resolve_device(device)
-    store = open_storage(storage)
     deadline = time.monotonic() + wait_s
+    while (missing := missing_storage(storage)) is not None:
+        if time.monotonic() >= deadline:
+            raise UserError(f"the storage {redact_url(storage)!r} does not exist (no file "
+                            f"{missing!r}); a worker joins a run and never creates one: check "
+                            f"the path, or start the run first with `python -m harness study "
+                            f"{study} --storage URL` (or give the worker --wait SECONDS).")
+        time.sleep(0.5)
+    store = open_storage(storage)
     while (plan := find_run(store, study, run_id, unfinished=True)) is None:
         if time.monotonic() >= deadline:
             raise UserError(f"no unfinished run of study {study!r} in the storage "
