@@ -333,7 +333,7 @@ def test_soak_a_worker_killed_and_restarted_twice_on_postgresql(tmp_path, procs,
     assert len({w.pid for w, _, _ in lost}) == 2  # two incarnations of the worker each lost one
 
 
-def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tmp_path, procs, run_cli):
+def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tmp_path, procs):
     study_file = tmp_path / "long.toml"
     study_file.write_text(STUDY_TOML.replace('strategies = ["full_finetune", "linear_probe"]',
                                              'strategies = ["full_finetune"]')
@@ -348,9 +348,10 @@ def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tmp_path, pr
     run_dir = next(run_root.iterdir())
     assert not (run_dir / "trials.csv").exists()  # killed before its tables
 
-    res = run_cli("study", "long", "--resume", str(run_dir), "--quiet")
-    assert res.returncode == 0, res.stderr
     url = f"sqlite:///{run_dir / 'optuna.db'}"
+    again = _start(procs, tmp_path, "resume", "study", "long", "--resume", str(run_dir), "--quiet")
+    _Watch(url, "long").until("the resumed run to finish", lambda: again.poll() is not None)
+    assert again.returncode == 0, _output(tmp_path, again)[1]
     plan = find_run(url, "long")
     search = optuna.load_study(study_name=plan.search_name(plan.cells[0]), storage=url).trials
     after = {t.number: t for t in search}
