@@ -15,7 +15,9 @@ class LinearProbe(Strategy):
     def search_space(self, trial):
         # a lone linear layer on fixed features tolerates larger steps than the whole network;
         # up to 1.0 its best lr sat at the top edge in every finetune_vs_probe cell
-        return sgd_space(trial, lr=(1e-3, 30.0))
+        # its decay reaches down to 1e-8: at lr 30, 1e-6 would still shrink the head by ~1%
+        # over a long run, so the range's bottom would not be "no decay" (Strategy.limits)
+        return sgd_space(trial, lr=(1e-3, 30.0), weight_decay=(1e-8, 1e-2))
 
     def plan(self, blocks, hp, epochs):
         cache = bool(hp.get("cache_features", True))  # False: a full forward pass every step

@@ -161,7 +161,8 @@ class _Worker:
         out = self._outcome(cell, res, values)
         # a grid's points are the study's protocol, not a searched range: no edge to flag
         grid = self.spec.sampler == "grid"
-        edge = "" if grid else edge_of_range(trial.params, trial.distributions)
+        limits = STRATEGIES.get(cell.strategy).limits
+        edge = "" if grid else edge_of_range(trial.params, trial.distributions, limits=limits)
         return replace(out, row=replace(out.row, edge_of_range=edge))
 
     def final(self, cell: Cell, number: int, index: int, hp: Mapping[str, Any] | None,
@@ -221,12 +222,15 @@ def epochs_for(spec: StudySpec, n_train: int) -> int:
 
 
 def edge_of_range(params: Mapping[str, Any], distributions: Mapping[str, Any],
-                  margin: float = 0.05) -> str:
+                  margin: float = 0.05, limits: Mapping[str, str] | None = None) -> str:
     """The numeric hyperparameters within the outer ``margin`` of their searched range (log
     scale where searched log), e.g. ``"lr=0.97 top of [0.001, 1] log"``; "" when none is.
 
-    A best config there is a flag, not a result: the optimum may lie outside the range.
+    A best config there is a flag, not a result: the optimum may lie outside the range. An
+    edge named in ``limits`` (``{"weight_decay": "bottom"}``: the strategy's ``limits``) is the
+    hyperparameter's own limit, beyond which nothing changes: never flagged.
     """
+    limits = limits or {}
     flags = []
     for name, dist in distributions.items():
         low, high = getattr(dist, "low", None), getattr(dist, "high", None)
@@ -238,6 +242,8 @@ def edge_of_range(params: Mapping[str, Any], distributions: Mapping[str, Any],
         pos = (scale(value) - scale(low)) / (scale(high) - scale(low))
         if pos <= margin or pos >= 1 - margin:
             side = "bottom" if pos <= margin else "top"
+            if limits.get(name) == side:
+                continue
             flags.append(f"{name}={value:.3g} {side} of [{low:g}, {high:g}]" + (" log" if log else ""))
     return "; ".join(flags)
 

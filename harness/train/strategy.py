@@ -243,6 +243,12 @@ class Strategy:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # edges of the search range that are the hyperparameter's own limit, not a guess: a best
+    # config there is no flag (see sweep.edge_of_range). Weight decay's bottom (1e-6 in
+    # sgd_space, 1e-4 for AdamW's smaller lr) is "no decay" in effect: lr * wd * steps stays
+    # far under 1e-3 over any run here, so nothing below it trains differently
+    # (tests/strategies/test_contract.py checks this against weight_decay=0).
+    limits: ClassVar[Mapping[str, str]] = {"weight_decay": "bottom"}
 
     def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
         raise NotImplementedError
@@ -258,14 +264,17 @@ class Strategy:
         return f"{type(self).__name__}()"
 
 
-def sgd_space(trial: optuna.Trial, lr: tuple[float, float] = (1e-4, 0.3)) -> dict[str, Any]:
+def sgd_space(trial: optuna.Trial, lr: tuple[float, float] = (1e-4, 0.3),
+              weight_decay: tuple[float, float] = (1e-6, 1e-2)) -> dict[str, Any]:
     """The optimiser's hyperparameters every SGD-trained strategy searches: lr and weight decay.
 
     ``lr`` is the log-uniform range; a lone head tolerates larger steps than a whole network.
+    ``weight_decay``'s bottom must be "no decay" in effect at the range's highest lr (see
+    ``Strategy.limits``).
     """
     return {
         "lr": trial.suggest_float("lr", *lr, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", *weight_decay, log=True),
     }
 
 

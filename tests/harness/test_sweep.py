@@ -300,6 +300,14 @@ def test_edge_of_range_is_flagged_per_trial_and_for_the_cells_best_config():
     assert edge_of_range({"lr": 0.9, "k": 2}, {"lr": lr, "k": k}) == "lr=0.9 top of [0.001, 1] log"
     assert edge_of_range({"lr": 0.03, "k": 1}, {"lr": lr, "k": k}) == "k=1 bottom of [1, 4]"
     assert edge_of_range({"lr": 0.03, "k": 2}, {"lr": lr, "k": k}) == ""  # 0.03: mid-range on log
+    # an edge the strategy names as its limit ("no decay" at weight decay's bottom) is no flag;
+    # the other edge still is
+    wd = optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True)
+    limits = {"weight_decay": "bottom"}
+    assert edge_of_range({"weight_decay": 1.1e-6}, {"weight_decay": wd}, limits=limits) == ""
+    assert edge_of_range({"weight_decay": 1.1e-6}, {"weight_decay": wd}) != ""
+    assert edge_of_range({"weight_decay": 9e-3}, {"weight_decay": wd}, limits=limits) == (
+        "weight_decay=0.009 top of [1e-06, 0.01] log")
 
 
 def test_a_run_flags_a_best_config_at_the_edge_and_records_what_selected_it(tmp_path):

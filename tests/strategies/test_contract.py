@@ -132,3 +132,38 @@ def test_a_bad_optimizer_or_schedule_is_a_plan_error():
         plan = Plan((Phase("p", 0, ("head",), "eval", optimizer=opt),))
         with pytest.raises(PlanError):
             plan.validate(["stem", "head"], 2)
+
+
+def _space(name):
+    import optuna
+
+    from harness.registry import STRATEGIES
+
+    trial = optuna.create_study().ask()
+    STRATEGIES.get(name)().search_space(trial)
+    return trial.distributions
+
+
+@pytest.mark.parametrize("name", ["full_finetune", "finetune_adamw", "linear_probe", "ulmfit"])
+def test_weight_decays_bottom_edge_is_no_decay_in_effect(name):
+    """A strategy's ``limits`` say weight decay's bottom is the "off" end of its range, so a best
+    config there is not flagged. True only while the decay it applies is negligible: the largest
+    lr times the smallest decay, over the longest run the shipped studies train (a few thousand
+    steps), shrinks the weights by under 1%; a range whose bottom is 1e-4 fails here."""
+    from harness.registry import STRATEGIES
+
+    space = _space(name)
+    assert STRATEGIES.get(name).limits.get("weight_decay") == "bottom"
+    lr, wd = space["lr"].high, space["weight_decay"].low
+    assert lr * wd * 3000 < 1e-2  # < 1% shrinkage at the highest lr, in the worst case
+
+
+def test_a_run_at_weight_decays_bottom_trains_as_one_without_decay():
+    """The same seed with weight_decay 1e-6 and 0 ends at the same losses (to 1e-4 relative),
+    where 1e-2 (the range's top) visibly differs: the bottom edge is "off", not a guess."""
+    strategy = type("FT", (Strategy,), {"plan": lambda self, blocks, hp, epochs: Plan((
+        Phase("ft", 0, trainable=tuple(blocks)),))})()
+    losses = {wd: _train(strategy, {"weight_decay": wd}, epochs=12, name="ft")[3].step_losses
+              for wd in (0.0, 1e-6, 1e-2)}
+    assert losses[1e-6] == pytest.approx(losses[0.0], rel=1e-4)
+    assert losses[1e-2] != pytest.approx(losses[0.0], rel=1e-3)
