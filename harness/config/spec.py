@@ -26,10 +26,13 @@ LOADERS = ("resident", "dataloader")
 AUGMENTS = {"rotate": "DEG"}  # kind -> what its value means
 
 __all__ = [
+    "TIMM_PREFIX",
     "PretrainRecipe",
     "StudySpec",
     "TrialConfig",
     "budget_label",
+    "check_model_name",
+    "check_timm_name",
     "device_problem",
     "load_study",
     "resolve_device",
@@ -54,6 +57,9 @@ class PretrainRecipe:
     # split per epoch, each example rotated by its own angle uniform in [-45, 45] degrees, trained
     # as one shuffled pass (harness.train.pretrain); empty: none, and the cache key is unchanged
     augment: tuple[str, ...] = ()
+    # "sgd" (Nesterov, the CNNs' recipe) or "adamw" (transformers train poorly with SGD); the
+    # default leaves the cache key of every recipe from before the field unchanged
+    optimizer: str = "sgd"
 
 
 _POSITIVE = "positive"
@@ -239,10 +245,10 @@ class StudySpec:
         for dataset in self.dataset_axis:
             DATASETS.get(parse_dataset(dataset)[0])
         for model in self.model_axis:
-            MODELS.get(model)
+            check_model_name(model)
         if self.pretrain is not None:
             DATASETS.get(parse_dataset(self.pretrain.dataset)[0])
-            MODELS.get(self.pretrain.model)
+            check_model_name(self.pretrain.model)
         for b in self.budgets:
             if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
                 raise UserError(f"each budget must be a positive number of shots per class or "
@@ -341,6 +347,7 @@ _SPEC_TYPES = {
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
     "batch_size": _POSITIVE, "lr": float, "weight_decay": float, "seed": int, "augment": "strs",
+    "optimizer": str,
 }
 
 
@@ -447,6 +454,34 @@ def parse_dataset(name: str, root: str | None = None) -> tuple[str, str | None]:
     """
     base, sep, path = name.partition(":")
     return base, (path if sep and path else root)
+
+
+TIMM_PREFIX = "timm:"  # "timm:vit_tiny_patch16_224": any model of the timm library, by its name
+
+
+def check_timm_name(name: str) -> str:
+    """``"timm:resnet18"`` -> ``"resnet18"``, a model timm knows; else a one-line :class:`UserError`.
+
+    timm is imported only here, for ``timm:`` names.
+    """
+    arch = name.removeprefix(TIMM_PREFIX)
+    import timm
+
+    if not arch or not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:6]}*")[:5] if arch else []
+        hint = f" close names: {', '.join(close)};" if close else ""
+        raise UserError(f"unknown timm model {arch!r} in {name!r};{hint} list timm's names with "
+                        "python -c \"import timm; print(timm.list_models('*vit*'))\" and write "
+                        "timm:<name>, e.g. timm:vit_tiny_patch16_224.")
+    return arch
+
+
+def check_model_name(name: str) -> None:
+    """A registered model (``small_cnn``) or a timm model (``timm:resnet18``); else a UserError."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        check_timm_name(name)
+    else:
+        MODELS.get(name)
 
 
 def parse_augment(augment) -> list[tuple[str, float]]:

@@ -11,6 +11,7 @@ import inspect
 
 from torch import nn
 
+from harness.config.spec import TIMM_PREFIX
 from harness.registry import MODELS
 
 HEAD = "head"
@@ -23,6 +24,10 @@ def build_model(name: str, in_channels: int, num_classes: int,
     ``image_size`` reaches only factories that declare it (ViT's position embedding needs it;
     convolutional backbones pool adaptively and take any size).
     """
+    if name.startswith(TIMM_PREFIX):  # any timm model by name; timm is imported only then
+        from harness.models.timm import build_timm
+
+        return build_timm(name, in_channels, num_classes, image_size)
     factory = MODELS.get(name)
     kwargs = {"in_channels": in_channels, "num_classes": num_classes}
     if image_size is not None and "image_size" in inspect.signature(factory).parameters:

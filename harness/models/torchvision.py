@@ -30,6 +30,7 @@ import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import interpolate_embeddings
 
+from harness.config.spec import TIMM_PREFIX
 from harness.errors import UserError
 from harness.models.core import HEAD, build_model
 from harness.registry import MODELS, Registry
@@ -354,6 +355,10 @@ def load_backbone_weights(name: str, model: nn.Sequential, weights: str) -> None
     the RGB first conv summed over its channels; ViT's position embedding is interpolated to
     the model's image size.
     """
+    if name.startswith(TIMM_PREFIX):  # timm's key layout, adapted by timm itself
+        from harness.models.timm import load_timm_weights
+
+        return load_timm_weights(name, model, weights)
     if weights == "imagenet":
         path = imagenet_file(name)
         if not path.is_file():
