@@ -56,6 +56,16 @@ class _Part(nn.Module):
     def forward(self, x):
         return x  # the computation is timm's, in ``features``
 
+    def _apply(self, fn, recurse=True):
+        # ``.to("meta")`` (FLOP counting) replaces tensors instead of moving them in place: the
+        # timm module must hold the replacements of the parameters it shares with this one
+        out = super()._apply(fn, recurse)
+        real = self.__dict__["_real"]
+        for name, p in self._parameters.items():
+            if name in real._parameters:
+                real._parameters[name] = p
+        return out
+
     def train(self, mode: bool = True):
         self.__dict__["_real"].training = mode  # timm's containers are registered nowhere else
         return super().train(mode)

@@ -62,6 +62,19 @@ def test_forward_is_timms_own_in_train_and_eval(name):
     assert not any(m.training for m in net.modules())  # eval reached every timm module
 
 
+def test_moved_or_converted_parameters_stay_timms_own():
+    """``.to("meta")`` (the FLOP counter's copy) and ``.double()`` replace tensors: the forward
+    must still see them (a ViT's class token and position embedding sit on timm's root)."""
+    import copy
+
+    model = _model("timm:test_vit").double().eval()
+    x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+    assert torch.equal(model(x), timm_net(model)(x))
+    meta = copy.deepcopy(model).to("meta")
+    assert meta(x.to("meta")).device.type == "meta"
+    assert timm_net(meta).cls_token is meta.stem.cls_token
+
+
 def test_a_module_swapped_into_a_block_is_the_one_timm_calls():
     model = _model("timm:test_resnet")
     net = timm_net(model)

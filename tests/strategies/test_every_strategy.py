@@ -32,10 +32,21 @@ EPOCHS = 4
 FAST_EXECUTIONS = ["eager", "compile:default@aot_eager"]
 
 
-def _data(n=36, seed=0):
+def _data(n=36, seed=0, size=12):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 12, 12, generator=g)
+    x = torch.randn(n, 1, size, size, generator=g)
     return Split(x, (x.mean(dim=(1, 2, 3)) > 0).long())
+
+
+def _test_model(name):
+    """(model, image size): small_cnn, or the tiny model a strategy names for itself in
+    ``test_model`` (VeRA adapts only Linear layers, which small_cnn's backbone lacks)."""
+    return getattr(_strategy(name), "test_model", ("small_cnn", 12))
+
+
+def _model(name):
+    model, size = _test_model(name)
+    return build_model(model, 1, 2, image_size=size)
 
 
 def _hp(name, seed=0, **fixed):
@@ -73,11 +84,11 @@ def _run(name, execution, epochs=EPOCHS, seed=0, data=None, on_step=None, **fixe
     if parse_execution(execution).compile:
         torch._dynamo.reset()
     torch.manual_seed(seed)
-    model = build_model("small_cnn", 1, 2)
+    model = _model(name)
     hp = _hp(name, **fixed)
     model, plan = build_plan(name, _strategy(name), model, hp, epochs)
     snapshots = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
-    data = data or _data()
+    data = data or _data(size=_test_model(name)[1])
     cfg = LoopConfig(epochs=epochs, batch_size=8, lr=hp["lr"], seed=seed,
                      weight_decay=hp["weight_decay"], execution=parse_execution(execution))
     res = train(model, plan, data, data, cfg,
@@ -96,8 +107,7 @@ def test_search_space_has_lr_and_weight_decay(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_plan_is_valid_and_bn_mode_is_explicit(name):
     for seed in range(3):
-        _, plan = build_plan(name, _strategy(name), build_model("small_cnn", 1, 2),
-                             _hp(name, seed), epochs=10)
+        _, plan = build_plan(name, _strategy(name), _model(name), _hp(name, seed), epochs=10)
         assert all(p.bn_mode in BN_MODES for p in plan.phases)
         assert plan.bn_modes.split(">") == [p.bn_mode for p in plan.phases]
 

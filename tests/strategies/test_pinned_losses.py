@@ -29,17 +29,20 @@ PINNED = json.loads((Path(__file__).with_name("pinned_losses.json")).read_text()
 SAME_BUILD = torch.__version__.startswith("2.14.1") and platform.machine() == "x86_64"
 
 
-def _data(n=36, seed=0):
+def _data(n=36, seed=0, size=12):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 12, 12, generator=g)
+    x = torch.randn(n, 1, size, size, generator=g)
     return Split(x, (x.mean(dim=(1, 2, 3)) > 0).long())
 
 
 def run_case(name, hp):
     torch.manual_seed(0)
-    model = build_model("small_cnn", 1, 2)
-    model, plan = build_plan(name, STRATEGIES.get(name)(), model, hp, 4)
-    data = _data()
+    strategy = STRATEGIES.get(name)()
+    # small_cnn, or the tiny model a strategy that cannot adapt it names (VeRA: Linear only)
+    model_name, size = getattr(strategy, "test_model", ("small_cnn", 12))
+    model = build_model(model_name, 1, 2, image_size=size)
+    model, plan = build_plan(name, strategy, model, hp, 4)
+    data = _data(size=size)
     cfg = LoopConfig(epochs=4, batch_size=8, lr=hp["lr"], seed=0, weight_decay=hp["weight_decay"],
                      execution=parse_execution("eager"))
     res = train(model, plan, data, data, cfg)
