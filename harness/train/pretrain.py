@@ -35,7 +35,7 @@ from harness.models.core import blocks, build_model
 from harness.models.torchvision import load_error, refusal
 from harness.paths import cache_dir
 from harness.train.loop import LoopConfig, train
-from harness.train.strategy import Phase, Plan
+from harness.train.strategy import Optimizer, Phase, Plan
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def recipe_key(recipe: PretrainRecipe) -> str:
         del fields["augment"]  # recipes from before the field keep their key (and checkpoint)
     else:
         fields["augment"] = list(fields["augment"])  # a TOML list and a tuple hash alike
+    if fields["optimizer"] == "sgd":
+        del fields["optimizer"]  # likewise
     blob = json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -135,7 +137,9 @@ def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cp
     task = load_task(recipe.dataset, recipe.classes, device=device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, task.input_shape[0], task.n_classes).to(device)
-    plan = Plan((Phase("pretrain", 0, trainable=tuple(blocks(model)), bn_mode="train"),))
+    plan = Plan((Phase("pretrain", 0, trainable=tuple(blocks(model)), bn_mode="train",
+                       optimizer=Optimizer(name=recipe.optimizer)),))
+    plan.validate(blocks(model), recipe.epochs)  # an unknown optimizer name: a PlanError here
     train_split, epochs = task.train, recipe.epochs
     t0 = time.perf_counter()
     if recipe.augment:
