@@ -30,6 +30,7 @@ import torch._dynamo
 from harness.config.execution import AMP_DTYPES, parse_execution
 from harness.config.spec import TrialConfig, budget_label
 from harness.data.core import Split, Task
+from harness.measure.deploy import deployment, memory_split
 from harness.measure.env import device_name
 from harness.measure.flops import datasheet_peak, empirical_peak
 from harness.measure.memory import release_free_memory
@@ -94,6 +95,8 @@ class _Outcome:
     test_acc: float | None = None
     ood_acc: dict[str, float] = field(default_factory=dict)
     distortion: dict[str, float] = field(default_factory=dict)
+    # memory split per phase; final runs also stored bytes, merge, export, latency (deploy.py)
+    deploy: list[dict] = field(default_factory=list)
 
 
 def run_trial(
@@ -121,6 +124,7 @@ def run_trial(
     records = _records(cfg, ctx, status, out.epochs, out.result, out.test_acc, seconds,
                        out.n_trainable, out.ood_acc, out.distortion)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
+    records += [replace(records[-1], **{**row, "value": float(row["value"])}) for row in out.deploy]
     return TrialResult(cfg, status, error, val_acc, out.test_acc, seconds, out.bn_mode,
                        tuple(records), out.ood_acc, out.distortion)
 
@@ -151,6 +155,9 @@ def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
     release_free_memory()  # earlier trials' garbage must not count as this trial's memory
     out.result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
     out.n_trainable = count_parameters(model, trainable_only=True)
+    out.deploy = memory_split(model, plan, out.result)
+    if cfg.stage == "final":  # a copy, an export and timed passes: the reported runs only
+        out.deploy += deployment(model, plan, ctx.task.test.x[:64])
     if cfg.stage == "final":
         out.test_acc, _ = evaluate(model, ctx.task.test)
         out.ood_acc = _ood_accuracy(model, cfg, ctx.task)
