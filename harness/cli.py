@@ -16,6 +16,7 @@ from harness.errors import UserError
 
 EXAMPLES = """examples:
   python -m harness study finetune_vs_probe                  the default comparison (~5 min on 2 cores)
+  python -m harness study finetune_vs_probe --jobs 2         two local processes share the run
   python -m harness study finetune_vs_probe --trials 2 --seeds 3 --out /tmp/runs
   python -m harness study my_study.toml --device cuda:0       a study from a TOML file
   python -m harness study finetune_vs_probe --devices cpu,cuda:0 --objectives accuracy,throughput
@@ -98,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--resume", metavar="RUN_DIR",
                     help="finish the run in RUN_DIR whose process was killed: completed trials are "
                          "kept, interrupted ones re-run; pass --storage too if the run used one")
+    st.add_argument("--jobs", type=_positive_int, metavar="N",
+                    help="processes working on the run on this machine: this one and N-1 local "
+                         "workers it starts and stops; each cell's search still runs its trials "
+                         "in order, so the trials are those of --jobs 1 at the same threads per "
+                         "trial (default: chosen from the cores and the models, recorded in "
+                         "env.json; 1 with --storage, where you start the workers)")
+    st.add_argument("--threads", type=_positive_int, metavar="T",
+                    help="torch threads per job (default: the cores shared between the jobs)")
     st.add_argument("--check", action="store_true",
                     help="exit 1 unless every claim of the study's paper passes (see claims.csv)")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -117,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--run", metavar="RUN_ID", help="the run to join (default: the newest)")
     wk.add_argument("--wait", metavar="SECONDS", type=float, default=0.0,
                     help="wait this long for the run to appear in the storage (default: 0)")
+    wk.add_argument("--threads", type=_positive_int, metavar="T",
+                    help="torch threads for its trials (default: torch's own choice)")
+    wk.add_argument("--compile-cache", metavar="DIR",
+                    help="inductor's cache folder shared with the run's other processes on this "
+                         "machine, so each graph compiles cold once (default: a fresh one)")
     wk.add_argument("--quiet", action="store_true", help="no progress bar")
 
     from harness.analysis import compare
@@ -203,9 +217,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     if args.resume:
-        if overrides:
+        if overrides or args.jobs or args.threads:
+            given = [*overrides, *(k for k in ("jobs", "threads") if getattr(args, k))]
             raise UserError(f"--resume finishes a run as it was planned; drop "
-                            f"{', '.join('--' + k for k in overrides)}.")
+                            f"{', '.join('--' + k for k in given)}.")
         run = resume_study(args.resume, storage=args.storage, progress=not args.quiet)
     else:
         spec = load_study(args.name)
@@ -214,7 +229,10 @@ def cmd_study(args: argparse.Namespace) -> int:
             overrides["enqueue"] = {k: v for k, v in spec.enqueue.items() if k in keep}
             overrides["grid"] = {k: v for k, v in spec.grid.items() if k in keep}
         spec = dataclasses.replace(spec, **overrides)
-        run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet)
+        # with --storage the user starts the workers; else the machine decides (None)
+        jobs = args.jobs or (1 if args.storage is not None else None)
+        run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet,
+                        jobs=jobs, threads=args.threads)
     print()
     print(markdown_table(summary_view(run.summary)))
     print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots, report.md and "
@@ -238,7 +256,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from harness.run.sweep import run_worker
 
     n = run_worker(args.study, args.storage, device=args.device, run_id=args.run,
-                   wait_s=args.wait, progress=not args.quiet)
+                   wait_s=args.wait, progress=not args.quiet, threads=args.threads,
+                   compile_cache=args.compile_cache)
     print(f"worker: ran {n} trial(s) of {args.study}")
     return 0
 

@@ -31,6 +31,7 @@ from harness.report.markdown import write_reports
 from harness.run.preflight import check_runnable
 from harness.run.queue import (
     RunPlan,
+    close_storage,
     collect,
     find_run,
     gone,
@@ -43,7 +44,15 @@ from harness.run.queue import (
     worker_id,
 )
 from harness.run.records import Measurement
-from harness.run.sweep import FINAL_SEEDS, SEARCH_SEED, work
+from harness.run.sweep import (
+    FINAL_SEEDS,
+    SEARCH_SEED,
+    Jobs,
+    choose_jobs,
+    local_workers,
+    run_compile_cache,
+    work,
+)
 from harness.train.pretrain import Pretrained, pretrained_backbone, recipe_key
 
 __all__ = ["RunInterrupted", "StudyRun", "new_run_id", "resume_study", "run_study"]
@@ -130,14 +139,28 @@ def _first_device(spec: StudySpec) -> str:
     return next(d for d in spec.devices if device_problem(d) is None)
 
 
+def _default_storage(run_dir: Path, jobs: int) -> str:
+    """SQLite in the run folder for one process; Optuna's journal file for several, as
+    SQLite's WAITING -> RUNNING move is not atomic between processes."""
+    if jobs > 1:
+        return f"journal:{(run_dir / 'optuna.journal').resolve()}"
+    return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+
+
 def run_study(
     spec: StudySpec,
     out_root: str | Path = "results",
     storage: str | None = None,
     progress: bool = True,
+    jobs: int | None = 1,
+    threads: int | None = None,
 ) -> StudyRun:
     """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``.
 
+    ``jobs`` processes work on the run (this one and ``jobs - 1`` local workers it starts and
+    stops; None chooses from the machine, :func:`~harness.run.sweep.choose_jobs`), with
+    ``threads`` torch threads each (default: the cores shared out). Several jobs run each cell's
+    search trials in order, so the trials are those of one job with the same threads per trial.
     Other processes may join the run with :func:`run_worker` on the same ``storage``.
     """
     check_runnable(spec)
@@ -145,13 +168,14 @@ def run_study(
     t_start = time.perf_counter()
     run_id = new_run_id()
     run_dir = _make_run_dir(out_root, spec.name, run_id)
+    share = choose_jobs(spec, jobs, threads)
     with _holding(run_dir):
-        storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+        storage_url = storage or _default_storage(run_dir, share.jobs)
         store = store or open_storage(storage_url)
         device = _first_device(spec)
         env = environment(resolve_device(device))
         env.update(run_id=run_id, storage=redact_url(storage_url), search_seed=SEARCH_SEED,
-                   final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)])
+                   final_seeds=[FINAL_SEEDS + i for i in range(spec.seeds)], **share.to_dict())
         atomic_write_text(run_dir / "env.json", json.dumps(env, indent=2, default=str))
         spec_dict = spec.to_dict()
         if spec.pretrain is not None:
@@ -163,9 +187,18 @@ def run_study(
             for model in spec.model_axis:
                 pre = pretrained_backbone(replace(spec.pretrain, model=model), device)
                 pre_rows += _pretrain_rows(run_id, spec, pre, device)
-        plan = plan_run(store, spec, run_id, pre_rows)
-        work(store, plan, None, progress)
+        plan = plan_run(store, spec, run_id, pre_rows, ordered=share.jobs > 1)
+        _work(store, storage_url, plan, run_dir, share, progress)
         return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+
+
+def _work(store, storage_url: str, plan: RunPlan, run_dir: Path, share: Jobs, progress: bool) -> None:
+    """This process's share of the run beside ``share.jobs - 1`` local workers it starts, and
+    stops on a Ctrl-C or SIGTERM (each gives its running trial back first)."""
+    with run_compile_cache(plan) as cache, local_workers(
+            plan.spec.name, storage_url, plan.run_id, share.jobs - 1, share.threads, cache,
+            run_dir / "workers"):
+        work(store, plan, None, progress, share.threads, cache)
 
 
 def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True) -> StudyRun:
@@ -177,8 +210,10 @@ def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool
         raise UserError(f"--resume {str(run_dir)!r} is not a run folder (it has no spec.json); "
                         "pass the folder results/<study>/<run_id> of the run to finish.")
     env = json.loads((run_dir / "env.json").read_text())
-    storage_url = storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    if storage is None and not (run_dir / "optuna.db").is_file():
+    journal = run_dir / "optuna.journal"  # a run of several jobs
+    storage_url = storage or (f"journal:{journal.resolve()}" if journal.is_file() else
+                              f"sqlite:///{(run_dir / 'optuna.db').resolve()}")
+    if storage is None and not (run_dir / "optuna.db").is_file() and not journal.is_file():
         raise UserError(f"run {str(run_dir)!r} used the storage {env.get('storage')!r}; pass it "
                         "again with --storage to resume.")
     missing = missing_storage(storage_url)
@@ -212,4 +247,5 @@ def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, sec
     if len(claims):
         write_claims(run_dir, claims)
     write_reports(run_dir, seconds)
+    close_storage(store)
     return StudyRun(run_dir, summary, seconds, claims)

@@ -120,3 +120,9 @@ class CompileCounter:
 
     def __call__(self) -> int:
         return int(self._counters["stats"]["unique_graphs"])
+
+    def cache(self) -> tuple[int, int]:
+        """Inductor's FX graph cache (hits, misses) so far: a graph compiled by an earlier trial of
+        the run (same cache folder) is a hit, a warm compile; a miss is a cold one."""
+        inductor = self._counters["inductor"]
+        return int(inductor["fxgraph_cache_hit"]), int(inductor["fxgraph_cache_miss"])

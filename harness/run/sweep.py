@@ -19,10 +19,14 @@ import contextlib
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +53,8 @@ from harness.run.records import TrialRow
 from harness.run.trial import TrialContext, TrialResult, failed_trial, run_trial
 from harness.train.pretrain import pretrained_backbone
 
-__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "make_pruner", "make_sampler", "run_worker", "work"]
+__all__ = ["FINAL_SEEDS", "SEARCH_SEED", "Jobs", "choose_jobs", "local_workers", "make_pruner",
+           "make_sampler", "run_compile_cache", "run_worker", "usable_cores", "work"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tables and the progress bar say it all
 
@@ -75,6 +80,12 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     # is shared by every trial it is judged against; a quarter of the epochs is enough warm-up
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(spec.trials),
                                        n_warmup_steps=max(1, spec.epochs // 4))
+
+
+def first_pruning_epoch(spec: StudySpec) -> int:
+    """The first epoch the study's pruner can stop a trial at: asking it earlier only costs a
+    storage read per epoch (the median pruner's warm-up; Hyperband decides at every rung)."""
+    return max(1, spec.epochs // 4) if spec.pruning == "median" else 0
 
 
 class _PlannedGridSampler(optuna.samplers.GridSampler):
@@ -106,19 +117,41 @@ def make_sampler(spec: StudySpec, strategy: str, trial: int = 0) -> optuna.sampl
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec.trials))
 
 
+def _compiles(plan: RunPlan) -> bool:
+    return any(parse_execution(c.execution).compile for c in plan.cells if not c.skipped)
+
+
 @contextlib.contextmanager
-def fresh_compile_cache(enabled: bool):
-    """Point inductor at an empty cache for the run, so its first compile of each graph is cold.
+def run_compile_cache(plan: RunPlan) -> Iterator[str | None]:
+    """An empty inductor cache folder for the whole run (None when no cell compiles), removed
+    at its end: every process of the run on this machine compiles into it, so each graph is
+    compiled cold once per run, whichever process meets it first, and warm after that."""
+    if not _compiles(plan):
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="harness-inductor-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_compile_cache(enabled: bool, path: str | None = None):
+    """Point inductor (its FX graph and AOT autograd caches) at ``path``, the run's cache, or
+    at an empty folder of this process's own, so the run's first compile of each graph is cold.
 
     Without it, graphs compiled by any earlier process come from the on-disk cache and compile
     time reads ~0.2 s where a user's first run pays ~13 s. Later trials of the run hit this
-    run's cache: the tables show the first (cold) and the re-runs (warm) apart.
+    run's cache: ``compile_cache_misses`` and ``compile_cache_hits`` in the measurements tell
+    the cold compile from the warm ones.
     """
     if not enabled:
         yield
         return
     old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    path = tempfile.mkdtemp(prefix="harness-inductor-")
+    own = path is None
+    path = tempfile.mkdtemp(prefix="harness-inductor-") if own else path
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
     try:
         yield
@@ -127,7 +160,8 @@ def fresh_compile_cache(enabled: bool):
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
-        shutil.rmtree(path, ignore_errors=True)
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class _Worker:
@@ -153,8 +187,9 @@ class _Worker:
 
     def search(self, cell: Cell, trial: optuna.Trial) -> Outcome:
         cfg = replace(self._template(cell), trial=trial.number)
-        res = _search_trial(cfg, self._context(cfg.device, cell), trial,
-                            prune=len(self.spec.objectives) == 1)
+        # Optuna prunes single-objective studies only
+        prune_from = first_pruning_epoch(self.spec) if len(self.spec.objectives) == 1 else None
+        res = _search_trial(cfg, self._context(cfg.device, cell), trial, prune_from)
         values = [res.val_accuracy]
         if "throughput" in self.spec.objectives:
             values.append(_train_throughput(res))
@@ -256,7 +291,8 @@ def _train_throughput(res: TrialResult) -> float:
     return float("nan")
 
 
-def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial, prune: bool) -> TrialResult:
+def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial,
+                  prune_from: int | None) -> TrialResult:
     strategy = STRATEGIES.get(cfg.strategy)()
     try:
         hp = strategy.search_space(trial)
@@ -266,9 +302,11 @@ def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial, prun
     trial.set_user_attr("hp", hp)  # what best_config hands the final re-runs
 
     def report_epoch(rec) -> None:
-        if prune:  # Optuna prunes single-objective studies only
+        # every epoch is reported (later trials are judged against it, and it shows progress);
+        # the pruner is asked only from the first epoch it can stop a trial at
+        if prune_from is not None:
             trial.report(rec.val_accuracy, rec.epoch)
-            if trial.should_prune():
+            if rec.epoch >= prune_from and trial.should_prune():
                 raise optuna.TrialPruned()
 
     return run_trial(replace(cfg, hp=hp), ctx, report_epoch)
@@ -287,11 +325,27 @@ def _trial_row(res: TrialResult) -> TrialRow:
     )
 
 
-def work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
-    """This process's share of the run in ``storage``: run trials until none is left; returns how many."""
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` while the block runs (unchanged when None)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def work(storage, plan: RunPlan, device: str | None, progress: bool, threads: int | None = None,
+         compile_cache: str | None = None) -> int:
+    """This process's share of the run in ``storage``: run trials until none is left; returns how
+    many. ``threads``: torch's intra-op threads meanwhile; ``compile_cache``: the run's inductor
+    cache folder shared with its other processes (None: a fresh one of this process's own)."""
     worker = _Worker(plan, device, progress)
-    compiles = any(parse_execution(c.execution).compile for c in plan.cells if not c.skipped)
-    with fresh_compile_cache(compiles):
+    with fresh_compile_cache(_compiles(plan), compile_cache), torch_threads(threads):
         try:
             return run_trials(storage, plan, worker, device=device)
         finally:
@@ -299,7 +353,8 @@ def work(storage, plan: RunPlan, device: str | None, progress: bool) -> int:
 
 
 def run_worker(study: str, storage: str, device: str | None = None, run_id: str | None = None,
-               wait_s: float = 0.0, progress: bool = True) -> int:
+               wait_s: float = 0.0, progress: bool = True, threads: int | None = None,
+               compile_cache: str | None = None) -> int:
     """Join a run of ``study`` in ``storage`` (the newest unfinished, or ``run_id``) and run its trials
     until none is left; returns how many this worker ran. ``device`` pins the worker to the
     cells of that device (``cuda:1`` serves ``cuda`` cells on GPU 1).
@@ -319,10 +374,152 @@ def run_worker(study: str, storage: str, device: str | None = None, run_id: str 
         time.sleep(0.5)
     store = open_storage(storage)
     while (plan := find_run(store, study, run_id, unfinished=True)) is None:
+        if run_id is not None and find_run(store, study, run_id) is not None:
+            return 0  # the run it was sent to has finished: nothing left to do (a late start)
         if time.monotonic() >= deadline:
             raise UserError(f"no unfinished run of study {study!r} in the storage "
                             f"{redact_url(storage)!r}; "
                             f"start one with `python -m harness study {study} --storage URL` "
                             "(or give the worker --wait SECONDS).")
         time.sleep(0.5)
-    return work(store, plan, device, progress)
+    return work(store, plan, device, progress, threads, compile_cache)
+
+
+# --- several local processes on one run: `study --jobs N` -----------------------------------
+
+SMALL_MODEL = 5_000_000  # parameters: below it, one thread per trial does ~as well as several
+JOB_TRIALS = 20  # trials per process at least: starting one (imports, data) costs a few seconds
+STOP_S = 30.0  # how long stopped workers get to give their trial back before they are killed
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """How many processes work on a run on this machine, torch threads each, and why."""
+
+    jobs: int
+    threads: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "threads_per_job": self.threads, "jobs_reason": self.reason}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _largest_model(spec: StudySpec) -> tuple[str, int | None]:
+    """The study's largest backbone and its parameters (None when it cannot be built on the
+    meta device, counted as large), built without memory or weights."""
+    import torch
+
+    from harness.models.core import build_model
+
+    sizes = {}
+    for name in spec.model_axis:
+        try:
+            with torch.device("meta"):
+                model = build_model(name, 3, len(spec.classes or (0, 1)))
+            sizes[name] = sum(p.numel() for p in model.parameters())
+        except Exception:  # noqa: BLE001 - a backbone that needs more than this: count it as large
+            return name, None
+    name = max(sizes, key=sizes.get)
+    return name, sizes[name]
+
+
+def choose_jobs(spec: StudySpec, jobs: int | None, threads: int | None = None) -> Jobs:
+    """The processes and threads per process of a run on this machine.
+
+    Given ``jobs``: that many, sharing the cores. Else one process, unless every cell runs on
+    the CPU with a small backbone: then one single-threaded process per core, at most one per
+    cell (a cell's search runs its trials in order) and per ``JOB_TRIALS`` trials.
+    """
+    import torch
+
+    cores = usable_cores()
+
+    def each(n: int) -> int:  # one process keeps torch's own choice (physical cores)
+        return threads or (torch.get_num_threads() if n == 1 else max(1, cores // n))
+
+    if jobs is not None:
+        return Jobs(jobs, each(jobs), f"--jobs {jobs}, {cores} cores")
+    skipped = spec.skipped_cells()
+    cells = [c for c in spec.cells() if (c[0], c[5]) not in skipped]
+    devices = {c[0] for c in cells}
+    if devices - {"cpu"}:
+        return Jobs(1, each(1), f"auto: cells on {', '.join(sorted(devices))}, "
+                                         "one process per accelerator")
+    model, size = _largest_model(spec)
+    if size is None or size >= SMALL_MODEL:
+        return Jobs(1, each(1), f"auto: {model} is large; its trials use every core")
+    trials = len(cells) * (spec.trials + spec.seeds)
+    n = max(1, min(cores, len(cells), trials // JOB_TRIALS))
+    return Jobs(n, each(n),
+                f"auto: {cores} cores, {len(cells)} cells, {trials} trials, largest model "
+                f"{model} ({size / 1e6:.2f}M parameters)")
+
+
+@contextlib.contextmanager
+def local_workers(study: str, storage_url: str, run_id: str, n: int, threads: int,
+                  compile_cache: str | None, log_dir: Path) -> Iterator[list[subprocess.Popen]]:
+    """``n`` ``python -m harness worker`` processes on run ``run_id`` while the block runs.
+
+    They stop by themselves once the run has no trial left; the block's end waits for them.
+    When the block raises (Ctrl-C, SIGTERM), each gets a SIGTERM, gives its running trial back
+    (failed "interrupted" and re-queued) and exits; one that does not within ``STOP_S`` is
+    killed (its trial's heartbeat stops, so it is re-queued all the same). None outlives it.
+    The storage URL travels in the environment, never on a command line ``ps`` shows.
+    """
+    root = str(Path(__file__).resolve().parents[2])  # the harness and its plug-in folders
+    env = os.environ | {"HARNESS_JOB_STORAGE": storage_url,
+                        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "harness", "worker", study, "--storage", "env:HARNESS_JOB_STORAGE",
+           "--run", run_id, "--threads", str(threads), "--quiet"]
+    if compile_cache is not None:
+        cmd += ["--compile-cache", compile_cache]
+    procs: list[subprocess.Popen] = []
+    if n < 1:
+        yield procs
+        return
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            with open(log_dir / f"worker-{i + 1}.log", "w") as log:
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+        yield procs
+    except BaseException:
+        _stop_workers(procs, signal.SIGTERM)
+        raise
+    _wait_workers(procs, log_dir)
+
+
+def _stop_workers(procs: list[subprocess.Popen], sig: int) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
+    deadline = time.monotonic() + STOP_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _wait_workers(procs: list[subprocess.Popen], log_dir: Path) -> None:
+    """Wait for workers whose run has no trial left; a worker that failed is said in one line
+    (its trials were re-queued and run by the others)."""
+    for i, p in enumerate(procs):
+        try:
+            code = p.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            _stop_workers([p], signal.SIGTERM)
+            code = p.returncode
+        if code != 0:
+            print(f"warning: local worker {i + 1} exited with {code}; its trials ran elsewhere; "
+                  f"see {log_dir / f'worker-{i + 1}.log'}", file=sys.stderr)

@@ -319,6 +319,10 @@ def _phase_rows(add, phase, st, result, device, emp_peak, sheet_peak) -> tuple[f
         # the steps that compiled, compilation included (their excess over a steady step
         # is the compile cost; both are in the table)
         add("compile_steps_s", st.compile_steps_s, "s", phase=phase)
+        # cold: compiled from scratch; warm: every graph from the run's inductor cache
+        add("compile_cache_hits", st.compile_cache_hits, "count", phase=phase)
+        add("compile_cache_misses", st.compile_cache_misses, "count", phase=phase)
+        add("compile_cold", float(st.compile_cache_misses > 0), "bool", phase=phase)
     if st.feature_cache_s:
         add("feature_cache_s", st.feature_cache_s, "s", phase=phase)
     if st.solver_s:

@@ -112,6 +112,8 @@ class PhaseStats:
     graphs_compiled: int = 0  # graphs dynamo compiled during this phase's steps
     compile_steps_s: float = 0.0  # wall time of the steps that compiled (compilation included)
     timed_recompiles: int = 0  # graphs compiled inside the timed (post-warm-up) steps: should be 0
+    compile_cache_hits: int = 0  # graphs inductor loaded from the run's cache (a warm compile)
+    compile_cache_misses: int = 0  # graphs inductor compiled from scratch (a cold compile)
     feature_cache_s: float = 0.0  # computing the frozen features once
     solver_s: float = 0.0  # the lbfgs fit
     # per step, the parts of step_seconds (CUDA events on a GPU, so no extra syncs) and the
@@ -293,7 +295,7 @@ class _Loop:
         fn = self.head if self.cached is not None else self.step_fn
         for group in opt.param_groups:
             group["lr"] = lr_now * group["lr_scale"]
-        before = self.graphs()
+        before, cache_before = self.graphs(), self.graphs.cache()
         t0 = clock(device)
         m0 = marks.mark()
         with self.ex.autocast(device):
@@ -321,6 +323,9 @@ class _Loop:
         if compiled:
             stats.graphs_compiled += compiled
             stats.compile_steps_s += t1 - t0
+            hits, misses = self.graphs.cache()
+            stats.compile_cache_hits += hits - cache_before[0]
+            stats.compile_cache_misses += misses - cache_before[1]
             if len(stats.step_seconds) >= self.cfg.warmup_steps:
                 stats.timed_recompiles += compiled
         stats.step_seconds.append(t1 - t0)

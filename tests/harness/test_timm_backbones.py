@@ -86,7 +86,14 @@ def test_a_module_swapped_into_a_block_is_the_one_timm_calls():
     assert net.conv1 is model.stem.conv1 and net.conv1[0] is new
 
 
-@pytest.mark.parametrize("name", STRATEGIES.names())
+# the classic strategies and the peft ones (strategies written for one model family, like a
+# ViT's prompt tokens, say so with a PlanError of their own)
+CLASSIC = ["linear_probe", "linear_probe_lbfgs", "full_finetune", "finetune_adamw", "partial_freeze",
+           "progressive_unfreezing", "discriminative_lr", "lp_ft", "ulmfit", "bias_only"]
+PEFT = ["lora", "dora", "ia3", "loha", "lokr", "vera"]
+
+
+@pytest.mark.parametrize("name", CLASSIC + PEFT)
 def test_every_strategy_builds_a_plan_on_a_timm_vit(name):
     strategy = STRATEGIES.get(name)()
     hp = strategy.search_space(optuna.create_study(
