@@ -79,6 +79,9 @@ class TrialRow:
     # (log scale where searched log): "lr=0.97 top of [0.001, 1] log"; "" when none does
     edge_of_range: str | None = None
     retry_of: int | None = None  # a re-queued interrupted trial: its number (every trial has the column)
+    # forgetting: a final run's accuracy on the pretraining task under the pretrained head
+    # (studies that pretrain their backbone); None leaves the column out of the row
+    source_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the trials table takes it (key order decides the table's column order)."""
@@ -97,7 +100,7 @@ class TrialRow:
         row |= {f"{_PARAM}{k}": v for k, v in self.hp.items()}
         if self.ran:
             row["worker"] = self.worker
-        for name in ("search_trial", "pareto", "edge_of_range"):
+        for name in ("search_trial", "pareto", "edge_of_range", "source_accuracy"):
             if getattr(self, name) is not None:
                 row[name] = getattr(self, name)
         if self.trial is not None:

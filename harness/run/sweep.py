@@ -223,7 +223,18 @@ class _Worker:
                 self._pre[cell.model] = backbone_weights(cell.model, spec.weights, task.input_shape)
             else:
                 self._pre[cell.model] = None
-        return TrialContext(self.plan.run_id, task, self._pre[cell.model])
+        return TrialContext(self.plan.run_id, task, self._pre[cell.model], self._source(device))
+
+    def _source(self, device: str):
+        """The pretraining task's validation split (forgetting is measured on it), or None."""
+        spec = self.spec
+        if spec.pretrain is None:
+            return None
+        key = device, "source"
+        if key not in self._tasks:
+            self._tasks[key] = load_task(spec.pretrain.dataset, spec.pretrain.classes, device=device,
+                                         root=spec.data_root)
+        return self._tasks[key].val
 
     def _task(self, device: str, cell: Cell):
         spec = self.spec
@@ -321,7 +332,7 @@ def _trial_row(res: TrialResult) -> TrialRow:
         dataset=c.dataset, model=c.model, device=c.device, execution=c.execution, status=res.status,
         error=res.error, bn_mode=res.bn_mode, val_accuracy=res.val_accuracy,
         test_accuracy=res.test_accuracy, seconds=res.seconds, hp=dict(c.hp),
-        ood_accuracy=dict(res.ood_accuracy),
+        ood_accuracy=dict(res.ood_accuracy), source_accuracy=res.source_accuracy,
     )
 
 

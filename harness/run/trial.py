@@ -11,6 +11,10 @@ for ``stage="final"`` runs: selection never sees the test split or an OOD set.
 Final runs of a study with a pretrained backbone and OOD sets also measure feature distortion
 (Kumar et al. 2022): how far training moved the backbone's features (the head's input) from the
 pretrained ones, on the test split and on every OOD set (:func:`feature_distortion`).
+
+Final runs of a study that pretrains its backbone also measure forgetting (:func:`source_accuracy`):
+the fine-tuned body (adapters and prompts included) under the pretrained model's own head, on the
+pretraining task's validation split (rows ``metric="accuracy", split="source"``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from harness.train.loop import EpochRecord, LoopConfig, LoopResult, train
 from harness.train.strategy import build_plan
 
 __all__ = ["TrialContext", "TrialResult", "build_trial_model", "failed_trial", "feature_distortion",
-           "run_trial"]
+           "run_trial", "source_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class TrialContext:
     run_id: str
     task: Task
     pretrained: dict[str, torch.Tensor] | None = None
+    source: Split | None = None  # the pretraining task's validation split: forgetting
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class TrialResult:
     ood_accuracy: Mapping[str, float] = field(default_factory=dict)  # final runs: OOD set -> accuracy
     # final runs with a pretrained backbone and OOD sets: "test" / "ood:<name>" -> distortion
     feature_distortion: Mapping[str, float] = field(default_factory=dict)
+    source_accuracy: float | None = None  # final runs with a source task: after fine-tuning
 
 
 def build_trial_model(cfg: TrialConfig, ctx: TrialContext) -> torch.nn.Sequential:
@@ -95,6 +101,7 @@ class _Outcome:
     test_acc: float | None = None
     ood_acc: dict[str, float] = field(default_factory=dict)
     distortion: dict[str, float] = field(default_factory=dict)
+    source_acc: float | None = None
     # memory split per phase; final runs also stored bytes, merge, export, latency (deploy.py)
     deploy: list[dict] = field(default_factory=list)
 
@@ -122,11 +129,11 @@ def run_trial(
     # a failed run's last accuracy must never reach selection: NaN makes Optuna mark it FAIL
     val_acc = out.epochs[-1].val_accuracy if out.epochs and status != "failed" else float("nan")
     records = _records(cfg, ctx, status, out.epochs, out.result, out.test_acc, seconds,
-                       out.n_trainable, out.ood_acc, out.distortion)
+                       out.n_trainable, out.ood_acc, out.distortion, out.source_acc)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
     records += [replace(records[-1], **{**row, "value": float(row["value"])}) for row in out.deploy]
     return TrialResult(cfg, status, error, val_acc, out.test_acc, seconds, out.bn_mode,
-                       tuple(records), out.ood_acc, out.distortion)
+                       tuple(records), out.ood_acc, out.distortion, out.source_acc)
 
 
 def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
@@ -165,6 +172,8 @@ def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
             splits = {"test": ctx.task.test,
                       **{f"ood:{name}": split for name, split in ctx.task.ood.items()}}
             out.distortion = feature_distortion(model, ctx.pretrained, splits)
+        if ctx.pretrained is not None and ctx.source is not None:
+            out.source_acc = source_accuracy(model, ctx.pretrained, ctx.source)
 
 
 def failed_trial(cfg: TrialConfig, ctx: TrialContext, error: str) -> TrialResult:
@@ -180,6 +189,27 @@ def _ood_accuracy(model: torch.nn.Module, cfg: TrialConfig, task: Task) -> dict[
         raise ValueError(f"the trial asks for OOD sets {missing} that its task lacks "
                          f"(it has {list(task.ood)}); load the task with ood={list(cfg.ood)}.")
     return {name: evaluate(model, split)[0] for name, split in task.ood.items()}
+
+
+def source_accuracy(model: torch.nn.Sequential, pretrained: Mapping[str, torch.Tensor],
+                    source: Split) -> float:
+    """Accuracy on the pretraining task of the fine-tuned body under the pretrained head.
+
+    Forgetting as Biderman et al. (2024) measure it: the target head is set aside and the
+    source head (``pretrained``'s ``head.*``) reads the body's features, whatever the strategy
+    did to the body (adapters, prompts and LoRA included), so a probe scores exactly the
+    pretrained accuracy.
+    """
+    weight = pretrained["head.weight"]
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight, "bias": pretrained["head.bias"]})
+    p = next(model.parameters())
+    probe = torch.nn.Sequential(model[:-1], head.to(device=p.device, dtype=p.dtype))
+    was_training = model.training
+    try:
+        return evaluate(probe, source)[0]
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -221,7 +251,7 @@ def _p50(values: list[float], warmup: int) -> float:
 
 
 def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, ood_acc=None,
-             distortion=None):
+             distortion=None, source_acc=None):
     base = Measurement(
         run_id=ctx.run_id, study=cfg.study, cell=cfg.cell, stage=cfg.stage, trial=cfg.trial,
         phase="all", strategy=cfg.strategy, dataset=cfg.dataset, model=cfg.model,
@@ -252,6 +282,9 @@ def _records(cfg, ctx, status, epochs, result, test_acc, seconds, n_trainable, o
         add("accuracy", acc, "fraction", split=f"ood:{name}")
     for split, value in (distortion or {}).items():
         add("feature_distortion", value, "fraction", split=split)
+    if source_acc is not None:  # forgetting: the pretraining task, under its own head
+        add("accuracy", source_acc, "fraction", split="source")
+        add("examples", len(ctx.source), "count", split="source")
     if result is not None:
         _loop_rows(add, cfg, result)
         add("trainable_params", n_trainable, "count")

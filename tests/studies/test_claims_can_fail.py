@@ -8,6 +8,7 @@ so accuracy intervals include its 500-image test set's sampling error.
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from _claim_tables import DIVERGED, run_tables, runs
 
@@ -134,6 +135,21 @@ def _executions(compiled_acc=0.90, speeds=(100.0, 150.0), device="cpu", compiled
     return run_tables(*cells)
 
 
+# lora_forgetting: target test accuracy and source accuracy (forgetting) of full_finetune and lora
+
+def _forgetting(ft=(0.97, 0.40), lora=(0.90, 0.80), jitter=JITTER):
+    """(target test, source) mean accuracy per strategy; source rows as final runs record them."""
+    t = run_tables(runs("full_finetune", _seeds(ft[0], jitter), model="vit_tiny"),
+                   runs("lora", _seeds(lora[0], jitter), model="vit_tiny"))
+    m = t.measurements
+    src = m[m["split"] == "test"].copy()
+    means = {"full_finetune": ft[1], "lora": lora[1]}
+    src["value"] = [means[s] + jitter[seed - 1000] for s, seed in zip(src["strategy"], src["seed"])]
+    src["split"] = "source"
+    n = src.assign(metric="examples", value=500.0, unit="count")  # the source validation split
+    return type(t)(pd.concat([m, src, n], ignore_index=True), t.trials, t.summary, t.env, t.spec)
+
+
 CASES = {
     ("finetune_vs_probe", "ft_beats_probe_with_plentiful_labels"): {
         "pass": lambda: _fvp(0.96, 0.90),
@@ -222,6 +238,16 @@ CASES = {
         # a CUDA run whose compiled cells all failed cannot decide: not "not applicable"
         "undetermined": lambda: _executions(device="cuda", compiled_status="failed"),
         "not applicable": lambda: _executions(device="cpu"),
+    },
+    ("lora_forgetting", "full_finetuning_learns_more"): {
+        "pass": _forgetting,
+        "fail": lambda: _forgetting(ft=(0.90, 0.40)),  # LoRA learned as much
+        "undetermined": lambda: _forgetting(jitter=(0.0,)),
+    },
+    ("lora_forgetting", "lora_forgets_less"): {
+        "pass": _forgetting,
+        "fail": lambda: _forgetting(lora=(0.90, 0.40)),  # LoRA forgot as much
+        "undetermined": lambda: _forgetting(jitter=(0.0,)),
     },
 }
 
