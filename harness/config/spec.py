@@ -60,8 +60,12 @@ class PretrainRecipe:
     # "sgd" (Nesterov, the CNNs' recipe) or "adamw" (transformers train poorly with SGD); the
     # default leaves the cache key of every recipe from before the field unchanged
     optimizer: str = "sgd"
+    # "classify": the source classes' labels; "lm": next-token prediction on the source split's
+    # token sequences (text backbones), the labels unused; the default keeps the cache key
+    objective: str = "classify"
 
 
+OBJECTIVES = ("classify", "lm")
 _POSITIVE = "positive"
 
 
@@ -240,6 +244,9 @@ class StudySpec:
                 raise UserError(f"pretrain must be a table of PretrainRecipe fields, but got {self.pretrain!r}.")
             _check_types(self.pretrain, _RECIPE_TYPES, "pretrain")
             parse_augment(self.pretrain.augment)
+            if self.pretrain.objective not in OBJECTIVES:
+                raise UserError(f"pretrain objective must be one of {OBJECTIVES}, but got "
+                                f"{self.pretrain.objective!r}.")
         for strategy in self.strategies:
             STRATEGIES.get(strategy)
         for dataset in self.dataset_axis:
@@ -347,7 +354,7 @@ _SPEC_TYPES = {
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,
     "batch_size": _POSITIVE, "lr": float, "weight_decay": float, "seed": int, "augment": "strs",
-    "optimizer": str,
+    "optimizer": str, "objective": str,
 }
 
 

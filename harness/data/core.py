@@ -32,6 +32,11 @@ SPLITS = ("train", "val", "test")
 
 
 
+def is_tokens(x: torch.Tensor) -> bool:
+    """True for token sequences (integer ``[N, L]``), the input of text tasks; False for images."""
+    return not x.is_floating_point()
+
+
 def _standardise(x: np.ndarray) -> torch.Tensor:
     # one global mean/std per dataset: no labels are involved, so no split leaks into another
     x = x.astype(np.float32)

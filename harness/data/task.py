@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from harness.config.spec import LOADERS
-from harness.data.core import SPLITS, Split, Task, load_dataset, split_indices
+from harness.data.core import SPLITS, Split, Task, is_tokens, load_dataset, split_indices
 from harness.errors import UserError
 
 
@@ -42,6 +42,9 @@ def load_task(
         raise UserError(f"loader must be one of {LOADERS}, but got {loader!r}.")
     check_ood(ood)
     x, y = load_dataset(dataset, root)
+    if ood and is_tokens(x):
+        raise UserError(f"ood sets {list(ood)} shift or resize images, but {dataset!r} holds token "
+                        f"sequences; leave ood empty for a text task.")
     all_classes = sorted(int(c) for c in torch.unique(y))
     classes = tuple(all_classes if classes is None else (int(c) for c in classes))
     missing = [c for c in classes if c not in all_classes]

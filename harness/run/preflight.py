@@ -8,7 +8,9 @@ whether any cell can run on this machine's devices.
 
 from __future__ import annotations
 
+from harness.config.execution import parse_execution
 from harness.config.spec import StudySpec
+from harness.data.core import is_tokens, load_dataset
 from harness.data.ood import check_ood
 from harness.data.task import load_task
 from harness.errors import UserError
@@ -28,6 +30,7 @@ def check_runnable(spec: StudySpec) -> StudySpec:
         for b in spec.budgets:
             load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood,
                       val_shots=spec.val_per_class)
+    _refuse_channels_last_on_text(spec)
     if spec.pretrain is not None:
         load_task(spec.pretrain.dataset, spec.pretrain.classes, root=spec.data_root)
     if spec.weights is not None:  # a missing or unfit file fails before anything is written
@@ -35,3 +38,12 @@ def check_runnable(spec: StudySpec) -> StudySpec:
         for model in spec.model_axis:
             backbone_weights(model, spec.weights, shape)
     return spec
+
+
+def _refuse_channels_last_on_text(spec: StudySpec) -> None:
+    # channels_last is a layout of images (N, C, H, W): on token sequences it would do nothing
+    layouts = [e for e in spec.executions if parse_execution(e).channels_last]
+    text = [d for d in spec.dataset_axis if is_tokens(load_dataset(d, spec.data_root)[0])]
+    if layouts and text:
+        raise UserError(f"execution {layouts[0]!r} lays out images as channels_last, but "
+                        f"{text[0]!r} holds token sequences; drop +channels_last for text tasks.")

@@ -28,12 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from harness._io import atomic_write_bytes, atomic_write_text
-from harness.config.spec import PretrainRecipe, parse_augment
+from harness.config.spec import PretrainRecipe, parse_augment, parse_dataset
 from harness.data.core import Split
 from harness.data.task import load_task
+from harness.errors import UserError
 from harness.models.core import blocks, build_model
 from harness.models.torchvision import load_error, refusal
 from harness.paths import cache_dir
+from harness.registry import DATASETS
+from harness.train.lm import train_language_model
 from harness.train.loop import LoopConfig, train
 from harness.train.strategy import Optimizer, Phase, Plan
 
@@ -54,6 +57,11 @@ def recipe_key(recipe: PretrainRecipe) -> str:
         fields["augment"] = list(fields["augment"])  # a TOML list and a tuple hash alike
     if fields["optimizer"] == "sgd":
         del fields["optimizer"]  # likewise
+    if fields["objective"] == "classify":
+        del fields["objective"]  # recipes from before the field keep their key
+    fingerprint = getattr(DATASETS.get(parse_dataset(recipe.dataset)[0]), "fingerprint", None)
+    if fingerprint is not None:  # text read from the interpreter: its version is in the key
+        fields["data"] = fingerprint
     blob = json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -65,6 +73,9 @@ def augmented(split: Split, augment, copies: int, seed: int) -> Split:
     ``rotate:DEG``: each example of each copy is rotated by its own angle, uniform in
     [-DEG, DEG] degrees, with the border extended (as :mod:`harness.data.shifts.rotate` does).
     """
+    if not split.x.is_floating_point():
+        raise UserError(f"pretrain augment {list(augment)} transforms images, but the source "
+                        f"task holds token sequences ({split.x.dtype}); leave augment empty.")
     kinds = parse_augment(augment)
     g = torch.Generator().manual_seed(seed)
     xs = []
@@ -137,6 +148,14 @@ def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cp
     task = load_task(recipe.dataset, recipe.classes, device=device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, task.input_shape[0], task.n_classes).to(device)
+    if recipe.objective == "lm":  # next-token prediction (harness.train.lm)
+        if recipe.augment:
+            augmented(task.train, recipe.augment, 1, recipe.seed)  # refuses token inputs
+        t0 = time.perf_counter()
+        val_acc = train_language_model(model, task.train.x, task.val.x, recipe.epochs,
+                                       recipe.batch_size, recipe.lr, recipe.weight_decay,
+                                       recipe.seed)
+        return _store(recipe, model, task.input_shape[0], val_acc, time.perf_counter() - t0)
     plan = Plan((Phase("pretrain", 0, trainable=tuple(blocks(model)), bn_mode="train",
                        optimizer=Optimizer(name=recipe.optimizer)),))
     plan.validate(blocks(model), recipe.epochs)  # an unknown optimizer name: a PlanError here
@@ -149,14 +168,22 @@ def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cp
                      weight_decay=recipe.weight_decay, seed=recipe.seed)
     result = train(model, plan, train_split, task.val, cfg)
     seconds = time.perf_counter() - t0
+    val_acc = result.epochs[-1].val_accuracy
+    return _store(recipe, model, task.input_shape[0], val_acc, seconds)
+
+
+def _store(recipe: PretrainRecipe, model: torch.nn.Module, in_channels: int,
+           val_acc: float, seconds: float) -> Pretrained:
+    """Write the checkpoint, then its JSON (last: a checkpoint without it is incomplete)."""
+    root = cache_dir() / "pretrained"
+    ckpt, meta = root / f"{recipe_key(recipe)}.pt", root / f"{recipe_key(recipe)}.json"
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(ckpt, buf.getvalue())
-    val_acc = result.epochs[-1].val_accuracy
     info = {
         "recipe": asdict(recipe), "format": CACHE_FORMAT, "sha256": _sha256(ckpt),
-        "in_channels": task.input_shape[0], "source_val_accuracy": val_acc, "seconds": seconds,
+        "in_channels": in_channels, "source_val_accuracy": val_acc, "seconds": seconds,
     }
     atomic_write_text(meta, json.dumps(info, indent=2))
     return Pretrained(recipe, state, val_acc, False, seconds, ckpt)
