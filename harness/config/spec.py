@@ -65,7 +65,7 @@ class PretrainRecipe:
     objective: str = "classify"
 
 
-OBJECTIVES = ("classify", "lm")
+PRETRAIN_OBJECTIVES = ("classify", "lm")
 _POSITIVE = "positive"
 
 
@@ -244,8 +244,8 @@ class StudySpec:
                 raise UserError(f"pretrain must be a table of PretrainRecipe fields, but got {self.pretrain!r}.")
             _check_types(self.pretrain, _RECIPE_TYPES, "pretrain")
             parse_augment(self.pretrain.augment)
-            if self.pretrain.objective not in OBJECTIVES:
-                raise UserError(f"pretrain objective must be one of {OBJECTIVES}, but got "
+            if self.pretrain.objective not in PRETRAIN_OBJECTIVES:
+                raise UserError(f"pretrain objective must be one of {PRETRAIN_OBJECTIVES}, but got "
                                 f"{self.pretrain.objective!r}.")
         for strategy in self.strategies:
             STRATEGIES.get(strategy)
