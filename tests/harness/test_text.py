@@ -122,3 +122,11 @@ def test_random_probe_redraws_every_backbone_weight_and_keeps_the_head():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {k for k in before if not k.startswith("head.")}
     assert plan.phases[0].trainable == ("head",)
+
+
+def test_a_pretrain_objective_other_than_classify_or_lm_is_one_line_user_error():
+    spec = StudySpec(name="t", description="", dataset="pystdlib_edits", classes=None,
+                     strategies=("linear_probe",), model="text_transformer", pretrain=TINY_LM)
+    spec.validate()
+    with pytest.raises(UserError, match="objective must be one of .*'mlm'"):
+        replace(spec, pretrain=replace(TINY_LM, objective="mlm")).validate()

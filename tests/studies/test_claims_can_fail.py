@@ -251,6 +251,23 @@ CASES = {
     },
 }
 
+# text_finetune: the linear probe on pretrained and on random weights --------------------------
+
+TEXT_SPEC = {"dataset": "pystdlib_edits", "classes": None}  # 1,000 test windows
+
+
+def _text_probes(pretrained, random, jitter=JITTER):
+    cell = {"dataset": "pystdlib_edits", "model": "text_transformer", "budget": "100"}
+    return run_tables(runs("linear_probe", _seeds(pretrained, jitter), **cell),
+                      runs("random_probe", _seeds(random, jitter), **cell), spec=TEXT_SPEC)
+
+
+CASES[("text_finetune", "pretrained_probe_beats_random_probe")] = {
+    "pass": lambda: _text_probes(0.60, 0.22),
+    "fail": lambda: _text_probes(0.30, 0.22),  # better, but by less than 10 points
+    "undetermined": lambda: _text_probes(0.60, 0.22, jitter=(0.0,)),  # one seed: no spread
+}
+
 
 def test_every_registered_claim_has_a_pass_a_fail_and_an_undetermined_case():
     registered = {(study, c.name) for study in CLAIMS.names() for c in CLAIMS.get(study)()}
