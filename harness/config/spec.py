@@ -175,6 +175,10 @@ class StudySpec:
     # at least this many optimisation steps per trial: small budgets get more epochs, so a
     # budget is not confounded with training length; None: every budget trains `epochs` epochs
     min_steps: int | None = None
+    # final runs also merge adapters, export with torch.export and time inference at batch 1
+    # and 64 (deploy.py): a second or more per final run on the CPU, so only studies that ask
+    # what serving costs (the PEFT studies) turn it on; stored bytes are always measured
+    deploy: bool = False
     # default root folder of on-disk datasets (torchvision formats); a dataset written as
     # "name:PATH" brings its own; None: $HARNESS_DATA_ROOT, else ~/.cache/harness/data
     data_root: str | None = None
@@ -341,6 +345,7 @@ class TrialConfig:
     loader_workers: int = 2
     weights: str | None = None
     val_per_class: int | None = None
+    deploy: bool = False  # final runs: merge, export and latency too (StudySpec.deploy)
 
 
 _SPEC_TYPES = {
@@ -350,6 +355,7 @@ _SPEC_TYPES = {
     "epochs": _POSITIVE, "batch_size": _POSITIVE, "trials": _POSITIVE, "seeds": _POSITIVE,
     "sampler_seed": int, "enqueue": Mapping, "pruner": str, "sampler": str, "grid": Mapping,
     "ood": "strs", "loader": str, "loader_workers": int, "objectives": "strs", "rerun": str,
+    "deploy": bool,
 }
 _RECIPE_TYPES = {
     "model": str, "dataset": str, "classes": "ints", "epochs": _POSITIVE,

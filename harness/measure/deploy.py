@@ -143,8 +143,10 @@ def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:n]
 
 
-def deployment(model: nn.Sequential, plan, examples: torch.Tensor) -> list[Row]:
-    """Stored bytes, merge and export checks, and latency of the trained ``model``.
+def deployment(model: nn.Sequential, plan, examples: torch.Tensor,
+               serve: bool = True) -> list[Row]:
+    """Stored bytes, and with ``serve`` merge and export checks and latency, of the trained
+    ``model``.
 
     ``examples``: a few inputs on the model's device (the test split's first ones).
     """
@@ -153,6 +155,8 @@ def deployment(model: nn.Sequential, plan, examples: torch.Tensor) -> list[Row]:
     rows = [{"metric": "stored_bytes_task", "unit": "bytes",
              "value": safetensors_bytes({k: v for k, v in state.items() if k in keep})},
             {"metric": "stored_bytes_model", "unit": "bytes", "value": safetensors_bytes(state)}]
+    if not serve:
+        return rows
     was_training = model.training
     model.eval()
     try:

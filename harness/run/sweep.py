@@ -255,6 +255,7 @@ class _Worker:
             epochs=epochs_for(spec, len(self._task(device, cell).train)), batch_size=spec.batch_size,
             target_accuracy=spec.target_accuracy, data_root=spec.data_root, ood=spec.ood,
             loader=spec.loader, loader_workers=spec.loader_workers, weights=spec.weights,
+            deploy=spec.deploy,
         )
 
 

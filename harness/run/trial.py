@@ -163,8 +163,8 @@ def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
     out.result = train(model, plan, ctx.task.train, ctx.task.val, loop_cfg, record_epoch)
     out.n_trainable = count_parameters(model, trainable_only=True)
     out.deploy = memory_split(model, plan, out.result)
-    if cfg.stage == "final":  # a copy, an export and timed passes: the reported runs only
-        out.deploy += deployment(model, plan, ctx.task.test.x[:64])
+    if cfg.stage == "final":  # stored bytes; with deploy, a merge, an export and timed passes
+        out.deploy += deployment(model, plan, ctx.task.test.x[:64], serve=cfg.deploy)
     if cfg.stage == "final":
         out.test_acc, _ = evaluate(model, ctx.task.test)
         out.ood_acc = _ood_accuracy(model, cfg, ctx.task)

@@ -65,6 +65,14 @@ def test_deployment_rows_merge_export_round_trip_and_latencies():
     assert model.training  # handed back in the mode it came in
 
 
+def test_without_deploy_a_final_run_measures_stored_bytes_only():
+    """StudySpec.deploy=False (the default): no merge, export or timed passes, which cost a
+    second or more per final run on the CPU; the stored bytes are still measured."""
+    model, plan, _, x = _trained("lora")
+    metrics = {r["metric"] for r in deployment(model, plan, x, serve=False)}
+    assert metrics == {"stored_bytes_task", "stored_bytes_model"}
+
+
 def test_an_adapter_stores_far_fewer_bytes_than_its_model():
     model, plan = _prepared("lora", hp=dict(HP, target="attention_mlp"))
     keep = trained_names(model, plan)
@@ -100,7 +108,7 @@ def test_final_runs_carry_deployment_rows_and_search_trials_only_the_memory_spli
 
     spec = StudySpec(name="t", description="t", dataset="digits", classes=(0, 1), budgets=(10,),
                      strategies=("lora",), epochs=1, batch_size=8, trials=1, seeds=1,
-                     enqueue={"lora": dict(HP, optimizer="adamw")})
+                     enqueue={"lora": dict(HP, optimizer="adamw")}, deploy=True)
     m = load(run_study(spec, out_root=tmp_path, progress=False).run_dir).measurements
     final, search = m[m["stage"] == "final"], m[m["stage"] == "search"]
     for metric in ("stored_bytes_task", "stored_bytes_model", "merge_max_abs_diff",
