@@ -36,4 +36,5 @@ def peft_vs_full() -> StudySpec:
         trials=4,  # per cell, every strategy alike
         seeds=2,
         min_steps=60,  # 10 shots are 50 examples: at least 60 steps, not 10
+        deploy=True,  # final runs: merged adapters, torch.export round trip, latency b1/b64
     )
