@@ -82,9 +82,12 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=max(1, spec.epochs // 4))
 
 
-def first_pruning_epoch(spec: StudySpec) -> int:
+def first_pruning_epoch(spec: StudySpec) -> float:
     """The first epoch the study's pruner can stop a trial at: asking it earlier only costs a
-    storage read per epoch (the median pruner's warm-up; Hyperband decides at every rung)."""
+    storage read per epoch (the median pruner's warm-up; Hyperband decides at every rung;
+    no pruner: never)."""
+    if spec.pruning == "none":
+        return math.inf
     return max(1, spec.epochs // 4) if spec.pruning == "median" else 0
 
 
@@ -304,7 +307,7 @@ def _train_throughput(res: TrialResult) -> float:
 
 
 def _search_trial(cfg: TrialConfig, ctx: TrialContext, trial: optuna.Trial,
-                  prune_from: int | None) -> TrialResult:
+                  prune_from: float | None) -> TrialResult:
     strategy = STRATEGIES.get(cfg.strategy)()
     try:
         hp = strategy.search_space(trial)
