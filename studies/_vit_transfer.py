@@ -7,7 +7,9 @@ A leading underscore keeps this module out of the study registry's discovery.
 from harness.config.spec import PretrainRecipe
 
 # 12 epochs reached 86.6% source validation accuracy in 19 min on 2 heavily shared cores
-# (load ~15; about 5 min on a quiet machine); the checkpoint is cached by the recipe's hash
+# (load ~15); the checkpoint is cached by the recipe's hash. It transfers: an SGD probe (30
+# epochs, lr 0.5) on its frozen features reaches 79.6% validation accuracy on digits 5-9 with
+# all 1500 labels, the same probe on a randomly initialised vit_tiny 69.2%
 VIT_RECIPE = PretrainRecipe(model="vit_tiny", dataset="mnist5k", classes=(0, 1, 2, 3, 4),
                             epochs=12, batch_size=64, lr=2e-3, weight_decay=0.05,
                             optimizer="adamw")

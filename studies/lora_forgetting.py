@@ -1,8 +1,8 @@
 """LoRA learns less and forgets less (Biderman et al. 2024), on the harness's ViT.
 
-``vit_tiny`` is pretrained on MNIST digits 0-4 (the source task) and fine-tuned on 5-9 with all
-labels, by full fine-tuning and by LoRA (peft, rank searched over 4, 8, 16, every Linear of the
-blocks). Every final run also measures forgetting: the fine-tuned body under the pretrained
+``vit_tiny`` is pretrained on MNIST digits 0-4 (the source task) and fine-tuned on 5-9 with 100
+labels per class, by full fine-tuning and by LoRA (peft, rank searched over 4, 8, 16, on every
+Linear of the blocks). Every final run also measures forgetting: the fine-tuned body under the pretrained
 model's own head, on the source task's validation split (``split="source"`` accuracy rows, the
 ``source_accuracy`` column of trials.csv).
 
@@ -10,8 +10,13 @@ Biderman et al. fine-tuned Llama-2 7B on code and math: full fine-tuning reached
 accuracy than LoRA at every rank, and LoRA kept more of the base model's abilities (source-domain
 benchmarks) at matched target accuracy. The claims below test both directions on this task.
 
-Runtime: not measured at this spec's size before the deadline (see the report of the run that
-wrote it); a shrunk run (``--trials 2 --seeds 2 --epochs 4``) is in the tests.
+Runtime on 2 CPU cores shared with other jobs (load average ~17): 9.5 min with the pretrained
+ViT cached (``python -m harness study lora_forgetting --jobs 2``, at this spec's size); its
+pretraining adds 19 min there once (a 10-epoch one took 4.7 min at load ~7). That run: full fine-tuning
+77.6% target test accuracy vs LoRA 61.7% (+15.9 [9.9, 22.0] points, pass); source accuracy
+after fine-tuning 67.9% vs LoRA 86.5% (LoRA +18.7 [11.8, 25.5] points, pass; the pretrained
+model's own is 86.6%). Two search trials per strategy are a thin search: LoRA's best was SGD at
+lr 0.002, which barely moved the body, so part of its "forgetting less" is learning little.
 """
 
 from harness.analysis.claims import CLAIMS, Claim, Verdict, above, contrast_ci, final_sample
@@ -31,10 +36,10 @@ def lora_forgetting() -> StudySpec:
         description=__doc__.strip().splitlines()[0],
         **VIT_MNIST_0_4_TO_5_9,
         strategies=(FT, LORA),
-        budgets=(None,),  # the paper's regime: plenty of target data
-        epochs=8,
-        batch_size=64,
-        trials=6,
+        budgets=(100,),  # 500 labelled target images; all 1500 triple the run time
+        epochs=4,
+        batch_size=32,
+        trials=2,  # per cell, both strategies alike: the measured runtime's size
         seeds=3,
     )
 

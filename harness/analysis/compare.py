@@ -54,6 +54,8 @@ class Rule:
 DEFAULT_RULES = (
     # a point of test accuracy is about the seed-to-seed spread of the small default tasks
     Rule("accuracy", "all", "test", True, 1.0, points=True),
+    # forgetting: accuracy on the pretraining task after fine-tuning (final runs that record it)
+    Rule("accuracy", "all", "source", True, 1.0, points=True),
     Rule("samples_per_s", "all", "train", True, 5.0),  # steady-state training throughput
     Rule("samples_per_s", None, "val", True, 5.0),  # evaluation throughput, per phase
     Rule("step_p50_s", "all", "train", False, 5.0),

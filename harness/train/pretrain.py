@@ -124,7 +124,8 @@ def _load_cached(recipe: PretrainRecipe, ckpt: Path, meta: Path) -> Pretrained |
             raise ValueError("checksum mismatch")
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         task_classes = len(recipe.classes)
-        build_model(recipe.model, int(info["in_channels"]), task_classes).load_state_dict(state)
+        build_model(recipe.model, int(info["in_channels"]), task_classes,
+                    image_size=info.get("image_size")).load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - any defect of the file means: rebuild it
         # one line, and never torch's advice to load a refused file with weights_only=False
         if why := refusal(e):
@@ -147,7 +148,9 @@ def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cp
 
     task = load_task(recipe.dataset, recipe.classes, device=device)
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, task.input_shape[0], task.n_classes).to(device)
+    # the image size reaches only backbones that need it (a ViT's position embedding)
+    model = build_model(recipe.model, task.input_shape[0], task.n_classes,
+                        image_size=task.input_shape[-1]).to(device)
     if recipe.objective == "lm":  # next-token prediction (harness.train.lm)
         if recipe.augment:
             augmented(task.train, recipe.augment, 1, recipe.seed)  # refuses token inputs
@@ -169,11 +172,12 @@ def pretrained_backbone(recipe: PretrainRecipe, device: str | torch.device = "cp
     result = train(model, plan, train_split, task.val, cfg)
     seconds = time.perf_counter() - t0
     val_acc = result.epochs[-1].val_accuracy
-    return _store(recipe, model, task.input_shape[0], val_acc, seconds)
+    return _store(recipe, model, task.input_shape[0], val_acc, seconds,
+                  image_size=task.input_shape[-1])
 
 
 def _store(recipe: PretrainRecipe, model: torch.nn.Module, in_channels: int,
-           val_acc: float, seconds: float) -> Pretrained:
+           val_acc: float, seconds: float, image_size: int | None = None) -> Pretrained:
     """Write the checkpoint, then its JSON (last: a checkpoint without it is incomplete)."""
     root = cache_dir() / "pretrained"
     ckpt, meta = root / f"{recipe_key(recipe)}.pt", root / f"{recipe_key(recipe)}.json"
@@ -184,6 +188,7 @@ def _store(recipe: PretrainRecipe, model: torch.nn.Module, in_channels: int,
     info = {
         "recipe": asdict(recipe), "format": CACHE_FORMAT, "sha256": _sha256(ckpt),
         "in_channels": in_channels, "source_val_accuracy": val_acc, "seconds": seconds,
+        "image_size": image_size,
     }
     atomic_write_text(meta, json.dumps(info, indent=2))
     return Pretrained(recipe, state, val_acc, False, seconds, ckpt)

@@ -116,3 +116,17 @@ def test_every_classic_strategy_trains_the_vit(name):
         assert "block1.attn.qkv.bias" in moved and "block1.attn.qkv.weight" not in moved
     elif name.startswith("linear_probe"):
         assert moved == {"head.weight", "head.bias"}
+
+
+def test_the_vit_pretrains_at_its_tasks_image_size_and_loads_back_from_the_cache(
+        tmp_path, monkeypatch):
+    from harness.train.pretrain import pretrained_backbone
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    recipe = PretrainRecipe(model="vit_tiny", dataset="digits", classes=(0, 1, 2), epochs=1,
+                            batch_size=32, lr=2e-3, weight_decay=0.05, optimizer="adamw")
+    first = pretrained_backbone(recipe)  # 8x8 digits: 4-pixel patches, 4 tokens and the class token
+    second = pretrained_backbone(recipe)
+    assert not first.cached and second.cached
+    assert first.state_dict["stem.pos_embed"].shape == (1, 5, 64)
+    assert torch.equal(second.state_dict["stem.pos_embed"], first.state_dict["stem.pos_embed"])

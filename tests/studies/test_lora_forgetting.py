@@ -122,3 +122,15 @@ def test_tiny_run_records_forgetting_for_every_final_run(tmp_path):
     result = evaluate_claims("lora_forgetting", tables)
     assert list(result["claim"]) == [c.name for c in claims()]
     assert result["effect"].notna().all()
+
+
+def test_compare_flags_more_forgetting_as_a_regression():
+    from harness.analysis.compare import compare_runs
+
+    base = _tables([0.97, 0.975, 0.97], [0.90, 0.905, 0.90], [0.60, 0.61, 0.60], [0.80, 0.81, 0.80])
+    worse = _tables([0.97, 0.975, 0.97], [0.90, 0.905, 0.90], [0.40, 0.41, 0.40], [0.80, 0.81, 0.80])
+    out = compare_runs(base, worse).set_index(["strategy", "split"])
+    assert out.loc[("full_finetune", "source"), "verdict"] == "regression"
+    assert out.loc[("full_finetune", "source"), "change"] == pytest.approx(-20.0)
+    assert out.loc[("lora", "source"), "verdict"] == "within noise"
+    assert out.loc[("full_finetune", "test"), "verdict"] == "within noise"
