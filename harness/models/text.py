@@ -68,14 +68,14 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int, causal: bool) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, causal)
-        self.ln2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 class NormPool(nn.Module):
