@@ -15,11 +15,12 @@ CELL = ["device", "dataset", "model", "budget", "strategy", "execution"]
 
 def cost_and_accuracy(m: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFrame, str]:
     """Per cell: mean final test accuracy and the median of the first of ``metrics`` recorded
-    (whole run, train split); NoData naming the metrics when no cell has one."""
+    (whole run, whichever split it is recorded on: memory on ``train``, stored bytes on
+    ``test``); NoData naming the metrics when no cell has one."""
     f = _final_ok(m)
     acc = f[(f["metric"] == "accuracy") & (f["split"] == "test") & f["epoch"].isna()]
     for metric in metrics:
-        cost = f[(f["metric"] == metric) & (f["phase"] == "all") & (f["split"] == "train")]
+        cost = f[(f["metric"] == metric) & (f["phase"] == "all")]
         if len(cost):
             df = pd.concat([acc.groupby(CELL)["value"].mean().rename("acc"),
                             cost.groupby(CELL)["value"].median().rename("cost")], axis=1).dropna()
