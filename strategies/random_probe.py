@@ -4,7 +4,8 @@
 generator: each module's own ``reset_parameters`` (PyTorch's default initialisation, which the
 harness's own text backbone uses too), and for a parameter no module resets (a ViT's class token
 or position embedding) a normal draw with std 0.02. Then it trains exactly as ``linear_probe``
-does, so the gap between the two cells is what the pretrained features are worth.
+does (``random_probe_lbfgs``: as ``linear_probe_lbfgs`` does), so the gap between the two cells
+is what the pretrained features are worth.
 """
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from harness.registry import STRATEGIES
 from strategies.linear_probe import LinearProbe
+from strategies.linear_probe_lbfgs import LinearProbeLBFGS
 
 STD = 0.02  # for parameters outside any resettable module: the ViT / BERT convention
 
@@ -31,6 +33,15 @@ def _redraw(backbone: nn.Module) -> None:
 @STRATEGIES.register("random_probe")
 class RandomProbe(LinearProbe):
     description = "linear probe on the same backbone with random weights: pretraining's baseline"
+
+    def prepare(self, model, hp):
+        _redraw(model[:-1])
+        return model
+
+
+@STRATEGIES.register("random_probe_lbfgs")
+class RandomProbeLBFGS(LinearProbeLBFGS):
+    description = "L-BFGS logistic-regression probe on the backbone with random weights"
 
     def prepare(self, model, hp):
         _redraw(model[:-1])

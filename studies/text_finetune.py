@@ -8,8 +8,8 @@ shuffled, bytes shuffled); the label is the edit. Every class has the same byte 
 a probe must read how code is written, not which bytes it uses: what a language model learns
 and random weights do not have.
 
-Strategies: the linear probe on the pretrained backbone and on the same backbone with random
-weights (``random_probe``: the transfer baseline), full fine-tuning, gradual unfreezing,
+Strategies: the L-BFGS linear probe on the pretrained backbone and on the same backbone with
+random weights (``random_probe_lbfgs``: the transfer baseline), full fine-tuning, gradual unfreezing,
 ULMFiT (gradual unfreezing with discriminative rates, Howard & Ruder 2018), BitFit, and the
 PEFT strategies (peft's LoRA, DoRA and (IA)^3 on the blocks' Linears; Houlsby adapters;
 LayerNorm tuning), all at 100 labels per class. (``vpt`` is left out: it inserts prompts after
@@ -35,13 +35,16 @@ from harness.analysis.claims import CLAIMS, Claim, Verdict, above, contrast_ci, 
 from harness.config.spec import PretrainRecipe, StudySpec
 from harness.registry import STUDIES
 
-STRATEGIES = ("linear_probe", "random_probe", "full_finetune", "progressive_unfreezing",
+STRATEGIES = ("linear_probe_lbfgs", "random_probe_lbfgs", "full_finetune", "progressive_unfreezing",
               "ulmfit", "bias_only", "lora", "dora", "ia3", "adapter", "ln_tuning")
 # the language model: next byte of asyncio/email/multiprocessing/unittest/xml windows (3,000
 # training windows, 46 steps an epoch); AdamW, as transformers need
 LM_RECIPE = PretrainRecipe(model="text_transformer", dataset="pystdlib", classes=(0, 1, 2, 3, 4),
                            objective="lm", optimizer="adamw", epochs=6, batch_size=64, lr=3e-3,
                            weight_decay=0.01)
+# the probes of the claim: L-BFGS logistic regression, C chosen on validation (the SGD probe on
+# cached features, 4 epochs, reached 34% against 25% on validation: under-trained at 100 shots)
+PROBE, RANDOM = "linear_probe_lbfgs", "random_probe_lbfgs"
 MARGIN = 10.0  # points: the issue's bar for "transfer is real"
 PER = ("device", "dataset", "model", "budget", "execution")
 
@@ -66,8 +69,8 @@ def text_finetune() -> StudySpec:
 
 
 def _transfer(tables) -> Verdict:
-    pre = final_sample(tables, strategy="linear_probe", label="linear_probe (pretrained)")
-    rnd = final_sample(tables, strategy="random_probe", label="random_probe (random weights)")
+    pre = final_sample(tables, strategy=PROBE, label=f"{PROBE} (pretrained)")
+    rnd = final_sample(tables, strategy=RANDOM, label=f"{RANDOM} (random weights)")
     ci = contrast_ci([(1, pre), (-1, rnd)], scale=100)
     return Verdict.of(ci, "points", above(ci.low, MARGIN),
                       f"linear probe on the pretrained backbone {100 * pre.mean:.1f}% vs on random "

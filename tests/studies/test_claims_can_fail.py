@@ -258,8 +258,8 @@ TEXT_SPEC = {"dataset": "pystdlib_edits", "classes": None}  # 1,000 test windows
 
 def _text_probes(pretrained, random, jitter=JITTER):
     cell = {"dataset": "pystdlib_edits", "model": "text_transformer", "budget": "100"}
-    return run_tables(runs("linear_probe", _seeds(pretrained, jitter), **cell),
-                      runs("random_probe", _seeds(random, jitter), **cell), spec=TEXT_SPEC)
+    return run_tables(runs("linear_probe_lbfgs", _seeds(pretrained, jitter), **cell),
+                      runs("random_probe_lbfgs", _seeds(random, jitter), **cell), spec=TEXT_SPEC)
 
 
 CASES[("text_finetune", "pretrained_probe_beats_random_probe")] = {
