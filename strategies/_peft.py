@@ -60,6 +60,10 @@ def target_modules(model: nn.Sequential, target: str, types: tuple[type, ...],
     for name, module in model.named_modules():
         if not name or name.split(".")[0] == head or not isinstance(module, types):
             continue
+        if getattr(module, "groups", 1) > 1:
+            # grouped and depthwise convolutions (MobileNet, EfficientNet, ConvNeXt): peft
+            # wraps them only when the rank divides by the groups, so they are left out
+            continue
         if any(name.startswith(t + ".") for t in out):
             continue  # inside a module already chosen (a MultiheadAttention's projections)
         if patterns is not None:
