@@ -6,16 +6,14 @@ trial starts or finishes at least every ``IDLE_S`` seconds), and every process a
 is killed when the test ends.
 """
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from _procs import start as _start
 from optuna.trial import TrialState
 
 from harness.cli import main
@@ -35,27 +33,6 @@ pruner = "none"
 """
 IDLE_S = 900.0  # no trial of the run started or finished for 15 minutes: a hang, not a slow machine
 BEATING = {"HARNESS_HEARTBEAT_S": "1"}
-
-
-@pytest.fixture
-def procs():
-    """The processes a test starts; whatever the test's end, none outlives it."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-def _start(procs, tmp_path, label, *args, env=None):
-    """``python -m harness ARGS`` in the background, its output in ``tmp_path/label.{out,err}``."""
-    with open(tmp_path / f"{label}.out", "w") as out, open(tmp_path / f"{label}.err", "w") as err:
-        p = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=tmp_path,
-                             env=os.environ | (env or {}), stdout=out, stderr=err, text=True)
-    p.label = label
-    procs.append(p)
-    return p
 
 
 def _err(tmp_path, p) -> str:

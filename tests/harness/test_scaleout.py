@@ -14,14 +14,13 @@ test and a hang still does; every process a test started is killed when the test
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from _procs import start as _start
 from optuna.trial import TrialState
 
 from harness.run.queue import find_run, open_storage
@@ -41,28 +40,6 @@ pruner = "none"
 IDLE_S = 900.0  # no trial of the run started or finished for 15 minutes: a hang, not a slow machine
 WAIT = "3600"  # a worker's --wait for the study to plan its run: any loaded machine does it sooner
 BEATING = {"HARNESS_HEARTBEAT_S": "1"}  # kill tests: a lost trial is re-queued after 4 s, not 20
-
-
-@pytest.fixture
-def procs():
-    """The processes a test starts; whatever the test's end, none outlives it."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-def _start(procs, tmp_path, label, *args, env=None):
-    """``python -m harness ARGS`` in the background, its output in ``tmp_path/label.{out,err}``
-    (files, never pipes: a full pipe would block it)."""
-    with open(tmp_path / f"{label}.out", "w") as out, open(tmp_path / f"{label}.err", "w") as err:
-        p = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=tmp_path,
-                             env=os.environ | (env or {}), stdout=out, stderr=err, text=True)
-    p.label = label
-    procs.append(p)
-    return p
 
 
 def _output(tmp_path, p) -> tuple[str, str]:
