@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from harness.cli import main
 from harness.run.queue import open_storage
 
-EPOCHS, TRIALS, SEEDS = 10, 3, 1
+EPOCHS, TRIALS, SEEDS = 10, 6, 1  # enough trials that a lone worker is still busy when caught
 STUDY_TOML = f"""
 dataset = "digits"
 classes = [0, 1, 2]
