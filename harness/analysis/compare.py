@@ -65,6 +65,12 @@ DEFAULT_RULES = (
     Rule("peak_cpu_rss_increase", "all", "train", False, 10.0),
     Rule("peak_cpu_rss_process_lifetime_increase", "all", "train", False, 10.0),
     Rule("peak_cuda_allocated_increase", "all", "train", False, 10.0),
+    # PEFT's costs where final runs record them: activations (the peak less weights, gradients
+    # and optimizer state), bytes stored per task (deterministic), serving latency at p50
+    Rule("memory_rest_bytes", None, "train", False, 10.0),
+    Rule("stored_bytes_task", "all", "deploy", False, 1.0),
+    *(Rule(f"latency_b{n}{k}_p50_s", "all", "deploy", False, 10.0)
+      for n in (1, 64) for k in ("", "_merged")),
 )
 
 

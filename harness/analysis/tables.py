@@ -66,6 +66,9 @@ SUMMARY_COLUMNS = (
     "test_acc_high", "best_val_acc", "samples_per_s", "peak_memory_mib", "train_gflops_per_sample",
     "utilisation", "time_to_target_s", "val_labels", "bn_mode", "best_params", "edge_of_range",
     "trials_ok", "trials_pruned", "trials_failed", "pareto", "skipped",
+    # PEFT's costs and forgetting, where the final runs measured them (NaN elsewhere)
+    "trainable_share", "stored_task_mib", "source_acc_mean", "latency_b1_ms", "latency_b1_merged_ms",
+    "latency_b64_ms", "latency_b64_merged_ms",
 )
 
 
@@ -81,6 +84,15 @@ def _phase_weighted(m: pd.DataFrame, metric: str) -> float:
         return float("nan")
     per_run = both.groupby(level="seed").apply(lambda d: (d["v"] * d["w"]).sum() / d["w"].sum())
     return float(per_run.median())
+
+
+def _whole_run(mc: pd.DataFrame, metric: str, split: str | None = None,
+               how: str = "median") -> float:
+    """A whole-run metric over a cell's final runs (median, or mean); NaN where none has it."""
+    v = mc[(mc["metric"] == metric) & (mc["phase"] == "all") & mc["epoch"].isna()]
+    if split is not None:
+        v = v[v["split"] == split]
+    return float(getattr(v["value"], how)()) if len(v) else float("nan")
 
 
 def _best_finals(final: pd.DataFrame, search: pd.DataFrame) -> pd.DataFrame:
@@ -148,6 +160,11 @@ def summarize(measurements: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             "trials_pruned": int((search["status"] == "pruned").sum()),
             "trials_failed": int((search["status"] == "failed").sum()),
             "skipped": skipped.iloc[0] if len(skipped) else "",
+            "trainable_share": _whole_run(mc, "trainable_share"),
+            "stored_task_mib": _whole_run(mc, "stored_bytes_task") / 2**20,
+            "source_acc_mean": _whole_run(mc, "accuracy", split="source", how="mean"),
+            **{f"latency_b{n}{k}_ms": 1000 * _whole_run(mc, f"latency_b{n}{k}_p50_s")
+               for n in (1, 64) for k in ("", "_merged")},
         })
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     summary["pareto"] = pareto_front(summary, ["test_acc_mean", "samples_per_s"],

@@ -56,6 +56,17 @@ def _acc(row, errors: dict[str, str]) -> str:
     return f"{100 * row['test_acc_mean']:.1f}{ci}"
 
 
+_OPTIONAL = (  # (column in the report, column in summary.csv, scale, decimals)
+    ("trainable %", "trainable_share", 100, 2),
+    ("stored MiB/task", "stored_task_mib", 1, 3),
+    ("source acc %", "source_acc_mean", 100, 1),
+    ("ms b1", "latency_b1_ms", 1, 2),
+    ("ms b1 merged", "latency_b1_merged_ms", 1, 2),
+    ("ms b64", "latency_b64_ms", 1, 1),
+    ("ms b64 merged", "latency_b64_merged_ms", 1, 1),
+)
+
+
 def summary_view(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary as people read it: accuracy as mean ± CI in percent, speed, memory; a skipped
     cell's reason, and with ``trials`` a failed cell's first error, in the accuracy column."""
@@ -89,6 +100,10 @@ def summary_view(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> p
         "edge of range": (summary["edge_of_range"].astype(object).fillna("")
                           if "edge_of_range" in summary else ""),
     })
+    # PEFT's costs and forgetting: shown where some cell measured them (``_optional``)
+    for name, col, scale, digits in _OPTIONAL:
+        if col in summary and summary[col].notna().any():
+            view[name] = (scale * summary[col]).round(digits)
     # an axis with one value is said once, in the report's header, not on every row
     return view.drop(columns=[c for c in ("device", "dataset", "model") if view[c].nunique() == 1])
 

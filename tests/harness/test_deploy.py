@@ -101,7 +101,9 @@ def test_memory_split_adds_up_to_each_phases_peak():
     assert 0 < by["trainable_share", None] < 0.5
 
 
-def test_final_runs_carry_deployment_rows_and_search_trials_only_the_memory_split(tmp_path):
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A one-trial LoRA study with ``deploy=True``: its loaded run tables."""
     from harness.analysis.results import load
     from harness.config.spec import StudySpec
     from harness.pipeline import run_study
@@ -109,7 +111,11 @@ def test_final_runs_carry_deployment_rows_and_search_trials_only_the_memory_spli
     spec = StudySpec(name="t", description="t", dataset="digits", classes=(0, 1), budgets=(10,),
                      strategies=("lora",), epochs=1, batch_size=8, trials=1, seeds=1,
                      enqueue={"lora": dict(HP, optimizer="adamw")}, deploy=True)
-    m = load(run_study(spec, out_root=tmp_path, progress=False).run_dir).measurements
+    return load(run_study(spec, out_root=tmp_path_factory.mktemp("deploy"), progress=False).run_dir)
+
+
+def test_final_runs_carry_deployment_rows_and_search_trials_only_the_memory_split(deployed):
+    m = deployed.measurements
     final, search = m[m["stage"] == "final"], m[m["stage"] == "search"]
     for metric in ("stored_bytes_task", "stored_bytes_model", "merge_max_abs_diff",
                    "export_max_abs_diff", "latency_b1_p50_s", "latency_b64_merged_p50_s",
@@ -119,3 +125,24 @@ def test_final_runs_carry_deployment_rows_and_search_trials_only_the_memory_spli
     assert "memory_optimizer_bytes" in set(search["metric"])
     stored = final.set_index("metric")["value"]
     assert stored["stored_bytes_task"] < stored["stored_bytes_model"]
+    # what is stored and served is on the deploy split, training memory on train
+    split = final.drop_duplicates("metric").set_index("metric")["split"]
+    assert split["stored_bytes_task"] == split["latency_b1_merged_p50_s"] == "deploy"
+    assert split["memory_rest_bytes"] == split["trainable_share"] == "train"
+
+
+def test_the_summary_report_and_compare_carry_the_deployment_measures(deployed):
+    from harness.analysis.compare import compare_runs
+    from harness.report.markdown import summary_view
+
+    run = deployed
+    s = run.summary.iloc[0]
+    assert 0 < s["trainable_share"] < 0.5 and 0 < s["stored_task_mib"] < 1
+    assert s["latency_b1_ms"] > 0 and s["latency_b64_merged_ms"] > 0
+    view = summary_view(run.summary, run.trials)
+    assert {"trainable %", "stored MiB/task", "ms b1 merged"} <= set(view.columns)
+    # a run without the measures keeps its old columns
+    assert "stored MiB/task" not in summary_view(run.summary.assign(stored_task_mib=float("nan")))
+    rows = compare_runs(run, run).set_index("metric")
+    assert rows.loc["stored_bytes_task", "verdict"] == "within noise"
+    assert {"latency_b1_merged_p50_s", "memory_rest_bytes"} <= set(rows.index)

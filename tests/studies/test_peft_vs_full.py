@@ -31,11 +31,11 @@ def _tables(with_costs=True):
         return t
     m = t.measurements
     test = m[m["split"] == "test"]
-    # where trials record them: memory on the train split, stored bytes on the test split
+    # where trials record them: memory on the train split, stored bytes on the deploy split
     extra = [test.assign(metric=metric, split=split, unit="bytes",
                          value=[COSTS[s][i] for s in test["strategy"]])
              for i, metric, split in ((1, "peak_cpu_rss_increase", "train"),
-                                      (2, "stored_bytes_task", "test"))]
+                                      (2, "stored_bytes_task", "deploy"))]
     return dataclasses.replace(t, measurements=pd.concat([m, *extra], ignore_index=True))
 
 

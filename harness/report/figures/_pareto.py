@@ -16,7 +16,7 @@ CELL = ["device", "dataset", "model", "budget", "strategy", "execution"]
 def cost_and_accuracy(m: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFrame, str]:
     """Per cell: mean final test accuracy and the median of the first of ``metrics`` recorded
     (whole run, whichever split it is recorded on: memory on ``train``, stored bytes on
-    ``test``); NoData naming the metrics when no cell has one."""
+    ``deploy``); NoData naming the metrics when no cell has one."""
     f = _final_ok(m)
     acc = f[(f["metric"] == "accuracy") & (f["split"] == "test") & f["epoch"].isna()]
     for metric in metrics:
