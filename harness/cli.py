@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(see `list datasets`; default: the study's)")
     st.add_argument("--sampler", choices=["tpe", "random", "grid"],
                     help="Optuna sampler (default: the study's, tpe); grid needs the study's grid")
-    st.add_argument("--pruner", choices=["median", "hyperband", "none"],
-                    help="stop weak trials early on val accuracy per epoch (default: the study's, median)")
+    st.add_argument("--pruner", choices=["median", "percentile", "sha", "hyperband", "none"],
+                    help="stop weak trials early on val accuracy per epoch: below the median or "
+                         "the best third (percentile) of earlier trials, successive halving (sha), "
+                         "hyperband, or none (default: the study's, median)")
     st.add_argument("--objectives", metavar="LIST", type=_labels,
                     help="what Optuna maximises: accuracy (default), or accuracy,throughput for a "
                          "Pareto front marked in the tables (no pruning then)")

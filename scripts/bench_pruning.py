@@ -11,7 +11,7 @@ or what ``--pruners`` says), same sampler seed, then compares per cell and for t
 
 Goal (issue 5): within 1 point of the unpruned best in at most 60% of its time.
 
-    python scripts/bench_pruning.py [--study finetune_vs_probe] [--pruners none,median,hyperband]
+    python scripts/bench_pruning.py [--study finetune_vs_probe] [--pruners none,median,percentile,sha]
 """
 
 from __future__ import annotations

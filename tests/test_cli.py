@@ -64,7 +64,7 @@ def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
     ("[pretrain]\nepochs = \"x\"", "pretrain field 'epochs' must be a positive integer, but got 'x'."),
     ("sampler = \"grid\"", "the grid sampler needs a grid for every strategy, but ['linear_probe'] have none"),
     ("sampler = \"cmaes\"", "sampler must be one of ('tpe', 'random', 'grid'), but got 'cmaes'."),
-    ("pruner = \"sha\"", "pruner must be one of ('median', 'hyperband', 'none'), but got 'sha'."),
+    ("pruner = \"asha\"", "pruner must be one of ('median', 'percentile', 'sha', 'hyperband', 'none'), but got 'asha'."),
     ("ood = [\"rotate\"]", "OOD set 'rotate' needs a finite number"),
     ("loader = \"stream\"", "loader must be one of ('resident', 'dataloader')"),
     ("model = \"resnet18\"\nweights = \"/no/such/weights.pt\"", "weights file not found: /no/such/weights.pt"),

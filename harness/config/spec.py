@@ -97,7 +97,7 @@ def _check_types(obj: Any, types: Mapping[str, Any], where: str) -> None:
             raise UserError(f"{where} field {name!r} must be {want}, but got {value!r}.")
 
 
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "sha", "hyperband", "none")
 OBJECTIVES = ("accuracy", "throughput")
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -156,8 +156,11 @@ class StudySpec:
     enqueue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # "median": stop a trial whose val accuracy is below the median of earlier trials at the same
     # epoch (of the same cell), judged from a quarter of the epochs on;
+    # "percentile": stop it below the best third instead (from the same epoch on);
+    # "sha": successive halving, only the best third of trials reaching epochs E/4 and 3E/4 go on;
+    # "hyperband": Hyperband's brackets of successive halving (budgets in epochs);
     # "none": every trial runs to the end
-    pruner: str = "median"  # or "hyperband" (budgets in epochs) or "none"
+    pruner: str = "median"
     # "tpe" (default), "random", or "grid" (exact reproduction: every combination of ``grid``)
     sampler: str = "tpe"
     # strategy -> {parameter: [values]}: the grid of the "grid" sampler, one per strategy

@@ -76,10 +76,18 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         # epochs are the resource; no trial is stopped before a second of its epochs
         return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.epochs // 4),
                                               max_resource=spec.epochs, reduction_factor=3)
+    warmup = max(1, spec.epochs // 4)
+    if spec.pruning == "sha":
+        # rungs at a quarter and three quarters of the epochs: the best third goes on from each
+        # (the first trials at a rung go on only if the best there so far)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3)
     # trials are compared within their cell (one strategy), so a phased strategy's slow start
     # is shared by every trial it is judged against; a quarter of the epochs is enough warm-up
+    if spec.pruning == "percentile":  # Optuna's percentile counts from the best: 100/3 keeps
+        return optuna.pruners.PercentilePruner(  # the best third
+            100 / 3, n_startup_trials=startup_trials(spec.trials), n_warmup_steps=warmup)
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(spec.trials),
-                                       n_warmup_steps=max(1, spec.epochs // 4))
+                                       n_warmup_steps=warmup)
 
 
 def first_pruning_epoch(spec: StudySpec) -> float:
@@ -88,7 +96,7 @@ def first_pruning_epoch(spec: StudySpec) -> float:
     no pruner: never)."""
     if spec.pruning == "none":
         return math.inf
-    return max(1, spec.epochs // 4) if spec.pruning == "median" else 0
+    return max(1, spec.epochs // 4) if spec.pruning in ("median", "percentile", "sha") else 0
 
 
 class _PlannedGridSampler(optuna.samplers.GridSampler):

@@ -8,7 +8,7 @@ from harness.analysis.results import load
 from harness.config.spec import StudySpec
 from harness.pipeline import run_study
 from harness.run.queue import redact_url
-from harness.run.sweep import startup_trials
+from harness.run.sweep import make_pruner, startup_trials
 
 
 def _spec(**kw):
@@ -328,3 +328,34 @@ def test_a_run_flags_a_best_config_at_the_edge_and_records_what_selected_it(tmp_
                & (m["stage"] == "search")]["epoch"]
     # 15 examples, batch 15: one step an epoch, so 20 steps take 20 epochs (not the study's 2)
     assert epochs.max() == 19
+
+
+def _judged(pruner: str, earlier: list[float], value: float, epochs: int = 8) -> bool:
+    """Whether the study's pruner stops a trial reporting ``value`` at epoch 2 (a quarter of 8)
+    after trials that reported ``earlier`` there and finished."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=make_pruner(_spec(pruner=pruner, epochs=epochs, trials=9)))
+    for v in earlier:
+        t = study.ask()
+        for step in (1, 2):
+            t.report(v, step)
+            t.should_prune()  # successive halving records a rung only when asked
+        study.tell(t, v)
+    t = study.ask()
+    t.report(value, 1)
+    t.report(value, 2)
+    return t.should_prune()
+
+
+def test_each_pruner_stops_what_it_says_it_stops():
+    earlier = [0.1, 0.2, 0.3, 0.4, 0.5]
+    # above the median of earlier trials but not in their best third
+    assert not _judged("median", earlier, 0.35)
+    assert _judged("percentile", earlier, 0.35)
+    assert not _judged("percentile", earlier, 0.45)
+    assert _judged("sha", earlier, 0.35) and not _judged("sha", earlier, 0.45)
+    assert not _judged("none", earlier, 0.0)
+    # before the warm-up's start-up trials (a third of 9) have finished, nothing is stopped
+    assert not _judged("percentile", earlier[:2], 0.0) and not _judged("median", earlier[:2], 0.0)
+    # the first trials at a successive-halving rung go on only as the best there so far
+    assert _judged("sha", [0.5], 0.4) and not _judged("sha", [0.5], 0.6)
