@@ -285,7 +285,7 @@ def test_soak_a_worker_killed_and_restarted_twice_on_postgresql(tmp_path, procs,
     """Three workers on PostgreSQL; one is killed (SIGKILL) mid-trial and restarted, twice.
     Every planned trial completes exactly once, nothing is left RUNNING, the tables hold each
     trial once."""
-    name, epochs, trials, seeds = _unique("soak"), 6, 24, 3
+    name, epochs, trials, seeds = _unique("soak"), 6, 12, 2
     study_file = tmp_path / "soak.toml"
     study_file.write_text(KILL_TOML.format(name=name, epochs=epochs, trials=trials, seeds=seeds))
     watch = _Watch(postgres_url, name)

@@ -157,8 +157,19 @@ def test_gradual_unfreezing_opens_one_block_per_epoch():
     _check_exact_updates(model, plan, res, snapshots)
 
 
+def _phases(name) -> int:
+    model = _model(name)
+    return len(build_plan(name, _strategy(name), model, _hp(name), EPOCHS)[1].phases)
+
+
+# inductor where stale graphs bite (a strategy with several phases), and on the two adapters
+# that swap layers in prepare() (peft's LoRA and the hand-written one); a one-phase strategy's
+# graph capture is checked under aot_eager above, at a fraction of inductor's compile
+INDUCTOR = [n for n in NAMES if n in ("lora", "lora_example") or _phases(n) > 1]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", INDUCTOR)
 def test_inductor_trains_what_each_phase_unfroze(name):
     """The stale-graph trap with the real default compiler: newly unfrozen blocks must train."""
     model, plan, _, res, snapshots, _ = _run(name, "compile", epochs=3)
