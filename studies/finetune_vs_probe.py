@@ -46,6 +46,10 @@ def finetune_vs_probe() -> StudySpec:
         target_accuracy=0.9,  # time to 90% validation accuracy; probes may never reach it
         min_steps=None,  # budgets train equal epochs, not equal steps (see the docstring)
         val_per_class=None,  # the whole validation split selects
+        # successive halving: the best third of trials at epochs 2 and 6 goes on. In
+        # scripts/bench_pruning.py it searched in 0.50 of the unpruned search's time with every
+        # cell's best validation accuracy within 1 point (median: ~0.74, percentile: 0.64)
+        pruner="sha",
     )
 
 
