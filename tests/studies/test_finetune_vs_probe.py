@@ -98,8 +98,10 @@ def test_optuna_storage_is_readable_by_optuna(tiny_run):
 
 
 def test_second_run_reuses_the_pretrained_backbone(tiny_run, run_cli_module, tmp_path):
+    # the probe only: the backbone is loaded all the same, and nothing is fine-tuned
     res = run_cli_module("study", "finetune_vs_probe", "--trials", "1", "--seeds", "1",
-                         "--epochs", "1", "--out", str(tmp_path), "--quiet", timeout=None)
+                         "--epochs", "1", "--strategies", "linear_probe_lbfgs",
+                         "--out", str(tmp_path), "--quiet", timeout=None)
     assert res.returncode == 0, res.stderr
     m = load(_only_run(tmp_path)).measurements
     assert m[m["metric"] == "loaded_from_cache"]["value"].tolist() == [1.0]
