@@ -237,9 +237,14 @@ class _Worker:
         return TrialContext(self.plan.run_id, task, self._pre[cell.model], self._source(device))
 
     def _source(self, device: str):
-        """The pretraining task's validation split (forgetting is measured on it), or None."""
+        """The pretraining task's validation split (forgetting is measured on it), or None.
+
+        None too for a language-model recipe: its next-token head is not kept with the
+        checkpoint, and the classifier head stored beside the body never trained, so accuracy
+        "under the source head" would be chance whatever the strategy did (measured: 19-20% for
+        every strategy of text_finetune, the frozen probe included)."""
         spec = self.spec
-        if spec.pretrain is None:
+        if spec.pretrain is None or spec.pretrain.objective == "lm":
             return None
         key = device, "source"
         if key not in self._tasks:

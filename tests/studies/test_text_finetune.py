@@ -29,3 +29,6 @@ def test_tiny_run_ends_with_the_transfer_claim_decided(tmp_path):
     assert t["verdict"] in {"pass", "fail", "undetermined"}
     finals = (run.run_dir / "trials.csv").read_text()
     assert "random_probe_lbfgs" in finals and "ulmfit" in finals
+    # no forgetting rows: a language model's next-token head is not kept to measure it under
+    m = run.run_dir / "measurements.csv"
+    assert ",source," not in m.read_text()
