@@ -19,7 +19,7 @@ COSTS = {"linear_probe": (0.80, 1e6, 400.0), "full_finetune": (0.95, 9e6, 6e5),
 def test_study_compares_the_peft_methods_with_the_classic_ones_on_the_vit():
     spec = load_study("peft_vs_full")
     assert spec.model == "vit_tiny" and spec.pretrain.optimizer == "adamw"
-    assert {"linear_probe", "full_finetune", "bias_only", "lora_r2", "lora_r8", "dora", "ia3",
+    assert {"linear_probe", "finetune_adamw", "bias_only", "lora_r2", "lora_r8", "dora", "ia3",
             "adapter", "vpt"} == set(spec.strategies)
     assert all(s in STRATEGIES.names() for s in spec.strategies)
     assert len(spec.budgets) >= 2
