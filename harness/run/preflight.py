@@ -9,7 +9,7 @@ whether any cell can run on this machine's devices.
 from __future__ import annotations
 
 from harness.config.execution import parse_execution
-from harness.config.spec import StudySpec
+from harness.config.spec import TIMM_PREFIX, StudySpec
 from harness.data.core import is_tokens, load_dataset
 from harness.data.ood import check_ood
 from harness.data.task import load_task
@@ -31,6 +31,7 @@ def check_runnable(spec: StudySpec) -> StudySpec:
             load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood,
                       val_shots=spec.val_per_class)
     _refuse_channels_last_on_text(spec)
+    _check_timm_models_fit(spec)
     if spec.pretrain is not None:
         load_task(spec.pretrain.dataset, spec.pretrain.classes, root=spec.data_root)
     if spec.weights is not None:  # a missing or unfit file fails before anything is written
@@ -38,6 +39,29 @@ def check_runnable(spec: StudySpec) -> StudySpec:
         for model in spec.model_axis:
             backbone_weights(model, spec.weights, shape)
     return spec
+
+
+def _check_timm_models_fit(spec: StudySpec) -> None:
+    """A timm model that cannot take the task's inputs (a ViT whose patch does not divide the
+    image) fails here in one line, not as timm's assertion deep inside the first trial."""
+    timm_models = [m for m in spec.model_axis if m.startswith(TIMM_PREFIX)]
+    if not timm_models:
+        return
+    import torch
+
+    from harness.models.core import build_model
+
+    shape = load_task(spec.dataset_axis[0], spec.classes, root=spec.data_root).input_shape
+    for name in timm_models:
+        model = build_model(name, shape[0], 2, image_size=shape[-1]).eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, *shape))
+        except Exception as e:  # noqa: BLE001 - whatever timm raises, the user gets one line
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"model {name!r} cannot take this study's {list(shape)} inputs "
+                            f"({reason}); choose a timm model that fits them (a ViT's patch "
+                            "size must divide the image size) or another dataset.") from None
 
 
 def _refuse_channels_last_on_text(spec: StudySpec) -> None:

@@ -5,6 +5,8 @@ timm's tiny test models (``test_vit``, ``test_resnet``, ``test_convnext``, ``tes
 keep this file fast.
 """
 
+import dataclasses
+
 import optuna
 import pytest
 import torch
@@ -160,3 +162,17 @@ def test_an_unknown_timm_name_is_one_line_saying_how_to_list_names():
     with pytest.raises(UserError, match="unknown timm model ''"):
         check_model_name("timm:")
     check_model_name("timm:resnet18")  # known: no error
+
+
+def test_a_timm_model_that_cannot_take_the_studys_inputs_is_one_line_before_any_run():
+    """test_vit's 16-pixel patch does not divide MNIST's 28 pixels: preflight says so in one
+    line (timm's own assertion would surface inside the first trial); a ResNet takes them."""
+    from harness.config.spec import StudySpec
+    from harness.run.preflight import check_runnable
+
+    spec = StudySpec(name="t", description="t", dataset="mnist5k", classes=(0, 1),
+                     budgets=(10,), strategies=("linear_probe",), model="timm:test_vit")
+    with pytest.raises(UserError, match=r"'timm:test_vit' cannot take this study's \[1, 28, 28\] "
+                                        r"inputs \(Input height \(28\) should be divisible"):
+        check_runnable(spec)
+    assert check_runnable(dataclasses.replace(spec, model="timm:test_resnet")).model == "timm:test_resnet"
