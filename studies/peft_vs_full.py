@@ -9,8 +9,14 @@ after fine-tuning (forgetting); the figures ``accuracy_vs_memory`` and ``accurac
 draw each budget's Pareto front (stored bytes come from the deployment measures when a run
 records them).
 
-A timm backbone joins with ``--models vit_tiny,timm:<name>`` where that model can be built at
-28 px with one input channel; it is not in the default grid (not tried here before the deadline).
+A timm backbone joins with ``--models vit_tiny,timm:<name>`` where that model takes 28-pixel,
+one-channel inputs (preflight refuses one that does not, e.g. ``timm:test_vit``, whose 16-pixel
+patch does not divide 28, in one line). ``--models timm:test_resnet --trials 1 --seeds 1
+--epochs 2`` ran end to end here in 125 s, pretraining included (run 20261203-163129-51c4:
+source accuracy 99.2%; at 100 shots probe 80.0%, BitFit 80.6%, LoRA r8 72.4%, one trial each,
+so no ranking); ``adapter`` and ``vpt`` fail on it with a one-line PlanError (they need
+transformer blocks). It is not in the default grid: it would double the runtime and two of its
+cells cannot run.
 
 Runtime: 619 s for the whole command on a quiet 2-core machine with the pretrained ViT cached
 (run 20261203-154839-b985; ``--jobs`` 2 by default); the ViT's pretraining adds 15 s to a first
