@@ -33,7 +33,7 @@ from harness.measure.clock import sync
 
 __all__ = ["deployment", "memory_split", "merge_adapters", "safetensors_bytes", "trained_names"]
 
-Row = dict  # {"metric", "value", "unit", optionally "phase"}
+Row = dict  # {"metric", "value", "unit", "split", optionally "phase"}
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -85,7 +85,7 @@ def memory_split(model: nn.Sequential, plan, result) -> list[Row]:
                  "rest": st.memory.peak_bytes - weights - grads - opt}
         rows += [{"metric": f"memory_{k}_bytes", "value": v, "unit": "bytes", "phase": phase.name}
                  for k, v in parts.items()]
-    return rows
+    return [{"split": "train", **r} for r in rows]  # what training holds
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -156,7 +156,7 @@ def deployment(model: nn.Sequential, plan, examples: torch.Tensor,
              "value": safetensors_bytes({k: v for k, v in state.items() if k in keep})},
             {"metric": "stored_bytes_model", "unit": "bytes", "value": safetensors_bytes(state)}]
     if not serve:
-        return rows
+        return [{"split": "deploy", **r} for r in rows]
     was_training = model.training
     model.eval()
     try:
@@ -166,7 +166,7 @@ def deployment(model: nn.Sequential, plan, examples: torch.Tensor,
         rows.append({"metric": "deploy_failed", "unit": "bool", "value": 1.0})
     finally:
         model.train(was_training)
-    return rows
+    return [{"split": "deploy", **r} for r in rows]  # what is stored and served
 
 
 def _serve(model: nn.Module, examples: torch.Tensor) -> list[Row]:

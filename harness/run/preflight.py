@@ -26,22 +26,21 @@ def check_runnable(spec: StudySpec) -> StudySpec:
     if len(skipped) == len(spec.devices) * len(spec.executions):
         raise UserError(next(iter(skipped.values())))  # nothing could run: say why
     check_ood(spec.ood)
-    for dataset in spec.dataset_axis:
-        for b in spec.budgets:
-            load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood,
-                      val_shots=spec.val_per_class)
+    shapes = [load_task(dataset, spec.classes, b, root=spec.data_root, ood=spec.ood,
+                        val_shots=spec.val_per_class).input_shape
+              for dataset in spec.dataset_axis for b in spec.budgets]
+    shape = shapes[0]  # the datasets of one study share their classes and input shape
     _refuse_channels_last_on_text(spec)
-    _check_timm_models_fit(spec)
+    _check_timm_models_fit(spec, shape)
     if spec.pretrain is not None:
         load_task(spec.pretrain.dataset, spec.pretrain.classes, root=spec.data_root)
     if spec.weights is not None:  # a missing or unfit file fails before anything is written
-        shape = load_task(spec.dataset_axis[0], spec.classes, root=spec.data_root).input_shape
         for model in spec.model_axis:
             backbone_weights(model, spec.weights, shape)
     return spec
 
 
-def _check_timm_models_fit(spec: StudySpec) -> None:
+def _check_timm_models_fit(spec: StudySpec, shape: tuple[int, ...]) -> None:
     """A timm model that cannot take the task's inputs (a ViT whose patch does not divide the
     image) fails here in one line, not as timm's assertion deep inside the first trial."""
     timm_models = [m for m in spec.model_axis if m.startswith(TIMM_PREFIX)]
@@ -51,7 +50,6 @@ def _check_timm_models_fit(spec: StudySpec) -> None:
 
     from harness.models.core import build_model
 
-    shape = load_task(spec.dataset_axis[0], spec.classes, root=spec.data_root).input_shape
     for name in timm_models:
         model = build_model(name, shape[0], 2, image_size=shape[-1]).eval()
         try:

@@ -68,15 +68,20 @@ def startup_trials(trials: int) -> int:
     return min(10, max(2, trials // 3))
 
 
+def _warmup(spec: StudySpec) -> int:
+    """Epochs before any pruner may judge a trial: a quarter of them, at least one."""
+    return max(1, spec.epochs // 4)
+
+
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The study's pruner; both judge validation accuracy reported after each epoch."""
     if spec.pruning == "none":
         return optuna.pruners.NopPruner()
     if spec.pruning == "hyperband":
         # epochs are the resource; no trial is stopped before a second of its epochs
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.epochs // 4),
+        return optuna.pruners.HyperbandPruner(min_resource=_warmup(spec),
                                               max_resource=spec.epochs, reduction_factor=3)
-    warmup = max(1, spec.epochs // 4)
+    warmup = _warmup(spec)
     if spec.pruning == "sha":
         # rungs at a quarter and three quarters of the epochs: the best third goes on from each
         # (the first trials at a rung go on only if the best there so far)
@@ -92,11 +97,11 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def first_pruning_epoch(spec: StudySpec) -> float:
     """The first epoch the study's pruner can stop a trial at: asking it earlier only costs a
-    storage read per epoch (the median pruner's warm-up; Hyperband decides at every rung;
+    storage read per epoch (the warm-up of median, percentile and sha; Hyperband decides at every rung;
     no pruner: never)."""
     if spec.pruning == "none":
         return math.inf
-    return max(1, spec.epochs // 4) if spec.pruning in ("median", "percentile", "sha") else 0
+    return 0 if spec.pruning == "hyperband" else _warmup(spec)
 
 
 class _PlannedGridSampler(optuna.samplers.GridSampler):

@@ -131,15 +131,13 @@ def run_trial(
     records = _records(cfg, ctx, status, out.epochs, out.result, out.test_acc, seconds,
                        out.n_trainable, out.ood_acc, out.distortion, out.source_acc)
     records.append(replace(records[-1], metric="loadavg_1m", value=load_1m, unit="1"))
-    # training memory on the train split, what is stored and served on "deploy"; whole run
-    records += [replace(records[-1], epoch=None, **{
-        "phase": "all", "split": "train" if row["metric"].startswith(_TRAIN_SIDE) else "deploy",
-        **row, "value": float(row["value"])}) for row in out.deploy]
+    # whole-run rows on the split deploy.py gives them (training memory: train; stored and
+    # served: deploy)
+    records += [replace(records[-1], epoch=None, **{"phase": "all", **row,
+                                                     "value": float(row["value"])})
+                for row in out.deploy]
     return TrialResult(cfg, status, error, val_acc, out.test_acc, seconds, out.bn_mode,
                        tuple(records), out.ood_acc, out.distortion, out.source_acc)
-
-
-_TRAIN_SIDE = ("memory_", "total_params", "trainable_share")
 
 
 def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
