@@ -359,3 +359,24 @@ def test_each_pruner_stops_what_it_says_it_stops():
     assert not _judged("percentile", earlier[:2], 0.0) and not _judged("median", earlier[:2], 0.0)
     # the first trials at a successive-halving rung go on only as the best there so far
     assert _judged("sha", [0.5], 0.4) and not _judged("sha", [0.5], 0.6)
+
+
+def test_an_edge_best_is_no_flag_when_an_interior_trial_matches_it_within_validation_noise():
+    """text_finetune's probe: 41.6% at the top of C's range, 41.2% inside it, on 250 validation
+    examples (standard error 3.1 points): a flat top, so no flag. An interior trial 5 points below
+    leaves the flag, as does a cell whose every trial sits at an edge."""
+    import pandas as pd
+
+    from harness.analysis.tables import _best_edge
+
+    top = "C=9.84e+04 top of [1e-06, 100000] log"
+
+    def trials(*rows):
+        return pd.DataFrame(rows, columns=["trial", "val_accuracy", "edge_of_range"])
+
+    assert _best_edge(trials((0, 0.416, top), (1, 0.412, None), (2, 0.348, None)), 250) == ""
+    assert _best_edge(trials((0, 0.416, top), (1, 0.364, ""), (2, 0.348, None)), 250) == top
+    assert _best_edge(trials((0, 0.416, top), (1, 0.408, "C=5.08e+04 top of ...")), 250) == top
+    # the same gap on 5,000 validation examples (standard error 0.7 points) is a real difference
+    assert _best_edge(trials((0, 0.416, top), (1, 0.400, None)), 5000) == top
+    assert _best_edge(trials((0, 0.416, None), (1, 0.400, top)), 250) == ""  # best is inside
