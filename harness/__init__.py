@@ -4,8 +4,16 @@
 reads a finished run's tables back as pandas.
 """
 
-from harness.analysis.results import load
 from harness.errors import UserError
 
 __all__ = ["UserError", "load"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # pandas loads on first use, not with every ``python -m harness`` (a worker, a CLI error)
+    if name == "load":
+        from harness.analysis.results import load
+
+        return load
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")

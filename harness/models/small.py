@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from harness.registry import MODELS
 
@@ -41,6 +40,8 @@ def resnet_small(in_channels: int = 3, num_classes: int = 10, depth: int = 8,
 
     ``depth = 6n + 2``: 8 trains quickly on two CPU cores at 28-32 px; 20 and 56 are the paper's.
     """
+    from torchvision.models.resnet import BasicBlock  # torchvision loads torch._dynamo (2 s)
+
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), but got {depth=}.")
     n, c = (depth - 2) // 6, widths[0]

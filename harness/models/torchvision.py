@@ -26,9 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.vision_transformer import interpolate_embeddings
 
 from harness.config.spec import TIMM_PREFIX
 from harness.errors import UserError
@@ -52,6 +50,15 @@ def _layout(*names: str):
         return fn
 
     return deco
+
+
+def _tv_models():
+    """``torchvision.models``, imported when a torchvision model is first built: importing
+    torchvision imports torch._dynamo (2 s), which an eager run of the harness's own models
+    never needs."""
+    import torchvision.models
+
+    return torchvision.models
 
 
 def _seq(**children: nn.Module) -> nn.Sequential:
@@ -185,7 +192,7 @@ def _set_in_channels(model: nn.Sequential, in_channels: int) -> None:
 
 
 def _build(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Sequential:
-    tv = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kwargs)
+    tv = getattr(_tv_models(), name)(weights=None, num_classes=num_classes, **kwargs)
     model = nn.Sequential(OrderedDict(_LAYOUTS[name](tv)))
     if in_channels != 3:
         _set_in_channels(model, in_channels)
@@ -238,7 +245,7 @@ def vit_b_16(in_channels: int = 3, num_classes: int = 1000, image_size: int = 22
 def torchvision_keys(name: str) -> dict[str, str]:
     """torchvision's state-dict key -> ours, paired by the identity of the tensors the blocks reuse."""
     with torch.device("meta"):  # instant: nothing is allocated or initialised
-        tv = getattr(torchvision.models, name)(weights=None)
+        tv = getattr(_tv_models(), name)(weights=None)
         ours = nn.Sequential(OrderedDict(_LAYOUTS[name](tv)))
     key_of = {id(t): k for k, t in ours.state_dict(keep_vars=True).items()}
     return {k: key_of[id(t)] for k, t in tv.state_dict(keep_vars=True).items()}
@@ -249,7 +256,7 @@ def imagenet_file(name: str) -> Path:
     if name not in _LAYOUTS:
         raise UserError(f"model {name!r} has no torchvision ImageNet weights; pass weights=PATH to "
                         f"a state-dict file, or pick one of {', '.join(TORCHVISION)}.")
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    url = _tv_models().get_model_weights(name).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
@@ -329,7 +336,7 @@ def _fit(name: str, model: nn.Sequential, state: dict, path: Path) -> dict[str, 
         if state[k].shape != own[k].shape:  # weights for another image size
             stem = model.get_submodule(k.rpartition(".")[0])
             with contextlib.suppress(ValueError):  # not a square grid: reported below
-                state[k] = interpolate_embeddings(stem.image_size, stem.patch_size, {
+                state[k] = _tv_models().vision_transformer.interpolate_embeddings(stem.image_size, stem.patch_size, {
                     "encoder.pos_embedding": state[k]})["encoder.pos_embedding"]
     head = {k for k in own if k.split(".")[0] == HEAD}
     if any(k in state and state[k].shape != own[k].shape for k in head):
@@ -362,7 +369,7 @@ def load_backbone_weights(name: str, model: nn.Sequential, weights: str) -> None
     if weights == "imagenet":
         path = imagenet_file(name)
         if not path.is_file():
-            url = torchvision.models.get_model_weights(name).DEFAULT.url
+            url = _tv_models().get_model_weights(name).DEFAULT.url
             raise UserError(
                 f"ImageNet weights for {name!r} not found at {path} (nothing is downloaded): copy "
                 f"{path.name} from {url} there, set TORCH_HOME to a folder whose hub/checkpoints "

@@ -13,6 +13,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,7 +22,9 @@ from harness.analysis.results import RunTables, load
 from harness.analysis.tables import execution_comparison
 from harness.analysis.text import _text_col, cell_text, markdown_table
 from harness.errors import UserError
-from harness.report.plots import Plot, draw_all
+
+if TYPE_CHECKING:  # seaborn and matplotlib load when a report is drawn, not with the CLI
+    from harness.report.plots import Plot
 
 METHOD = """Each cell: {trials} Optuna trials selected on validation accuracy, then the best config \
 re-run with {seeds} seeds; test accuracy is mean ± 95% CI (Student's t) over those seeds. \
@@ -332,6 +335,8 @@ def write_reports(run_dir: str | Path, seconds: float | None = None) -> tuple[Pa
                         f"{', '.join(missing)}; pass a folder such as results/<study>/<run_id>.")
     run = load(run_dir)
     claims = pd.read_csv(run_dir / "claims.csv") if (run_dir / "claims.csv").is_file() else None
+    from harness.report.plots import draw_all
+
     parts = sections(run, draw_all(run_dir, run), seconds, claims)
     md, html = render_markdown(run, parts), report_html.render(title(run), parts)
     atomic_write_text(run_dir / "report.md", md)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import optuna
 import torch
-import torch._dynamo
 
 from harness.config.execution import AMP_DTYPES, parse_execution
 from harness.config.spec import TrialConfig, budget_label
@@ -156,7 +155,10 @@ def _train_and_evaluate(cfg: TrialConfig, ctx: TrialContext, out: _Outcome,
     execution = parse_execution(cfg.execution)
     if execution.compile:
         # every trial compiles from a clean slate: its compile time is its own, and no
-        # trial inherits another's graphs or runs into dynamo's recompile limit
+        # trial inherits another's graphs or runs into dynamo's recompile limit (dynamo is
+        # imported here, not with the module: an eager run never pays its 2 s)
+        import torch._dynamo
+
         torch._dynamo.reset()
     loop_cfg = LoopConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=float(cfg.hp["lr"]),

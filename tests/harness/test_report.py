@@ -78,7 +78,7 @@ def test_write_reports_is_rerunnable_and_leaves_no_temporary_files(run_dir, monk
     assert (md, html) == (run_dir / "report.md", run_dir / "report.html")
     assert {p: p.read_bytes() for p in figures} == before  # seeded jitter and bootstrap, no dates
     reports = md.read_text(), html.read_text()
-    monkeypatch.setattr(report, "draw_all", _drawn(run_dir))  # the same figures, drawn once
+    monkeypatch.setattr(plots, "draw_all", _drawn(run_dir))  # the same figures, drawn once
     write_reports(run_dir)
     assert (md.read_text(), html.read_text()) == reports
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
@@ -91,7 +91,7 @@ def test_a_failing_render_leaves_the_previous_reports_intact(run_dir, monkeypatc
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr("harness.report.html.render", broken)
-    monkeypatch.setattr(report, "draw_all", _drawn(run_dir))
+    monkeypatch.setattr(plots, "draw_all", _drawn(run_dir))
     with pytest.raises(RuntimeError, match="renderer crashed"):
         write_reports(run_dir)
     assert ((run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()) == old
@@ -114,7 +114,7 @@ def test_html_in_names_descriptions_and_errors_is_escaped_in_report_md_as_in_rep
         df = pd.read_csv(copy / f"{table}.csv")
         df[column] = df[column].where(df[column].isna(), value)
         df.to_csv(copy / f"{table}.csv", index=False)
-    monkeypatch.setattr(report, "draw_all", _drawn(copy))
+    monkeypatch.setattr(plots, "draw_all", _drawn(copy))
     md_path, html_path = write_reports(copy)
     md = md_path.read_text()
     outside_json = re.sub(r"```json\n.*?\n```", "", md, flags=re.DOTALL)  # shown as it is
@@ -179,7 +179,7 @@ def test_the_report_subcommand_rewrites_the_reports_and_rejects_a_folder_without
         run_dir, tmp_path, capsys, monkeypatch):
     from harness.errors import UserError
 
-    monkeypatch.setattr(report, "draw_all", _drawn(run_dir))
+    monkeypatch.setattr(plots, "draw_all", _drawn(run_dir))
     parser = argparse.ArgumentParser()
     report.add_parser(parser.add_subparsers(dest="command"))
     (run_dir / "report.html").unlink()
