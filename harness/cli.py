@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.errors import UserError
 
 EXAMPLES = """examples:
-  python -m harness study finetune_vs_probe                  the default comparison (~5 min on 2 cores)
+  python -m harness study finetune_vs_probe                  the default comparison (~3.5 min on 2 cores)
   python -m harness study finetune_vs_probe --jobs 2         two local processes share the run
   python -m harness study finetune_vs_probe --trials 2 --seeds 3 --out /tmp/runs
   python -m harness study my_study.toml --device cuda:0       a study from a TOML file

@@ -3,8 +3,9 @@
 Runs ``python -m harness study finetune_vs_probe`` as a user does, each run from a cold start
 (fresh pretraining and inductor caches, a new process), alternating
 
-- ``old``: ``--jobs 1``, one process, as before issue 15;
-- ``new``: the default (``--jobs`` chosen from the machine, recorded in env.json),
+- ``old``: ``--jobs 1 --executions eager``: one process, NCHW convolutions, as before issue 15;
+- ``new``: the default (``--jobs`` chosen from the machine, recorded in env.json; the study's
+  own execution, ``eager+channels_last`` for finetune_vs_probe),
 
 ``--rounds`` times each (default 3), and prints per setting the median wall time of the whole
 command, where it went (imports, pretraining, the trials of each cell, tables and report), and
@@ -29,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {"old": ["--jobs", "1"], "new": []}
+SETTINGS = {"old": ["--jobs", "1", "--executions", "eager"], "new": []}
 
 
 def import_seconds() -> float:

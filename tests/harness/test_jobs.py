@@ -48,15 +48,22 @@ def test_the_manifest_says_whether_searches_are_ordered(tmp_path):
     assert find_run(store, "jobs", "a").ordered and not find_run(store, "jobs", "b").ordered
 
 
-def test_jobs_share_the_cores_and_small_or_accelerated_studies_run_in_one_process():
+def test_jobs_share_the_cores_and_small_or_accelerated_studies_run_in_one_process(monkeypatch):
     cores = usable_cores()
     assert choose_jobs(SPEC, 3).threads == max(1, cores // 3)
     assert choose_jobs(SPEC, 2, threads=5).threads == 5
+    monkeypatch.setattr("harness.run.sweep.usable_cores", lambda: 8)
     tiny = choose_jobs(dataclasses.replace(SPEC, trials=2, seeds=1), None)
     assert tiny.jobs == 1 and "trials" in tiny.reason  # 6 trials: a worker would cost more
     many = choose_jobs(dataclasses.replace(SPEC, trials=30), None)
-    assert many.jobs == min(cores, 2)  # one per core, at most one per cell
+    assert many.jobs == 2  # at most one per cell
+    six = dataclasses.replace(SPEC, trials=30, strategies=("full_finetune", "linear_probe",
+                                                          "bias_only", "lp_ft", "ulmfit", "lora"))
+    assert (choose_jobs(six, None).jobs, choose_jobs(six, None).threads) == (4, 2)  # 2 cores each
     assert json.dumps(many.to_dict())  # what env.json records
+    # 2 cores: one process on both of them (two single-threaded ones were 11% slower)
+    monkeypatch.setattr("harness.run.sweep.usable_cores", lambda: 2)
+    assert choose_jobs(six, None).jobs == 1
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def test_optuna_storage_is_readable_by_optuna(tiny_run):
     url = f"sqlite:///{run_dir / 'optuna.db'}"
     names = optuna.get_all_study_names(url)
     # the run's manifest, and a search and a final study per cell (3 budgets x 2 strategies)
-    searches = [n for n in names if n.endswith("/eager")]
+    searches = [n for n in names if n.endswith("/eager+channels_last")]
     assert len(names) == 13 and len(searches) == 6
     assert sum(n.endswith("/final") for n in names) == 6
     ft = next(n for n in searches if "/full_finetune/" in n)
@@ -110,7 +110,7 @@ def test_second_run_reuses_the_pretrained_backbone(tiny_run, run_cli_module, tmp
 
 @pytest.mark.slow
 def test_default_budget_runs_end_to_end(run_cli_module, tmp_path):
-    """The README's main command with the study's own default budget (~2 min on a quiet machine;
+    """The README's main command with the study's own default budget (~3.3 min on a quiet machine;
     no time limit, so a busy one makes it slow, never wrong)."""
     res = run_cli_module("study", "finetune_vs_probe", "--out", str(tmp_path), "--quiet",
                          timeout=None)
