@@ -24,7 +24,7 @@ not sentiment or topic labels.
 
 Runtime: 298 s for the whole command on a quiet 2-core machine from a fresh clone with a cold
 cache, the language model's pretraining included (run 20261203-190948-7c1d, one process); the
-first full run took 329 s (run 20261203-153337-5cb0, ``--jobs`` 2, then the default). That run:
+first full run took 329 s (run 20261203-153337-5cb0, ``--jobs`` 2, the default). That run:
 pretrained probe 38.7% against 20.5 ± 4.4% on random weights (3 seeds, 1,000 test windows), but
 the claim was undetermined: both probes' best C (5.1e4) sat at the top of the paper's
 [1e-6, 1e5] range, and the only interior trial (C = 0.78) was 6 points lower. A 12-trial search of
@@ -34,8 +34,8 @@ now try C = 100 first, and an edge best that an interior trial matches within th
 flag (``harness.analysis.tables``). With that, the probe cells alone (``--strategies
 linear_probe_lbfgs,random_probe_lbfgs``, run 20261203-172911-dee8) give 38.7% against 20.5%:
 the claim **passes**, +18.2 [13.7, 22.7] points against the bar of 10; so does the whole study
-from a fresh clone (run 20261203-190948-7c1d, 298 s with a cold cache, one process by the
-auto rule: the same effect and interval). Fine-tuning (run
+from a fresh clone (run 20261203-190948-7c1d, 298 s with a cold cache, one process, as
+``--jobs 1`` gives: the same effect and interval). Fine-tuning (run
 20261203-153337-5cb0): ULMFiT 37.0 ± 3.9%, adapter 37.0 ± 4.5%, (IA)^3 36.6 ± 2.6%, LN tuning 35.2 ± 7.7%, BitFit 33.3 ± 1.6%, full 32.9 ± 5.6%, gradual
 unfreezing 25.7 ± 7.0%, DoRA 22.3 ± 9.3%, LoRA 21.0 ± 6.5% (3 trials a cell; several best
 learning rates at the top of their range: flagged in the summary). Forgetting is not measured

@@ -422,11 +422,11 @@ def run_worker(study: str, storage: str, device: str | None = None, run_id: str 
 
 SMALL_MODEL = 5_000_000  # parameters: below it, one thread per trial does ~as well as several
 JOB_TRIALS = 20  # trials per process at least: starting one (imports, data) costs a few seconds
-# cores per process at least: a small CNN's training step on 2 threads is 1.8x one on 1, and a
-# cell's search runs its trials in order, so the largest cell's search is the run's critical
-# path. On 2 cores, 2 single-threaded processes ran finetune_vs_probe 11% slower than one
-# process with 2 threads (257 s against 229 s, one run each); 4+ cores are unmeasured here.
-JOB_CORES = 2
+# one single-threaded process per core, not one per two: how a model's step scales with threads
+# decides, and it differs. finetune_vs_probe's small CNN steps 1.8x faster on 2 threads than on
+# 1, so one process with 2 threads ran it 11% faster (229 s against 257 s); peft_vs_full's tiny
+# ViT steps only 1.18x faster, so one process took 1,036 s where two took 619 s. The larger
+# loss decides the default; `--jobs 1` is the faster choice for convolutional studies on 2 cores.
 STOP_S = 30.0  # how long stopped workers get to give their trial back before they are killed
 
 
@@ -473,7 +473,7 @@ def choose_jobs(spec: StudySpec, jobs: int | None, threads: int | None = None) -
     """The processes and threads per process of a run on this machine.
 
     Given ``jobs``: that many, sharing the cores. Else one process, unless every cell runs on
-    the CPU with a small backbone: then one process per ``JOB_CORES`` cores, at most one per
+    the CPU with a small backbone: then one single-threaded process per core, at most one per
     cell (a cell's search runs its trials in order) and per ``JOB_TRIALS`` trials.
     """
     import torch
@@ -495,7 +495,7 @@ def choose_jobs(spec: StudySpec, jobs: int | None, threads: int | None = None) -
     if size is None or size >= SMALL_MODEL:
         return Jobs(1, each(1), f"auto: {model} is large; its trials use every core")
     trials = len(cells) * (spec.trials + spec.seeds)
-    n = max(1, min(cores // JOB_CORES, len(cells), trials // JOB_TRIALS))
+    n = max(1, min(cores, len(cells), trials // JOB_TRIALS))
     return Jobs(n, each(n),
                 f"auto: {cores} cores, {len(cells)} cells, {trials} trials, largest model "
                 f"{model} ({size / 1e6:.2f}M parameters)")

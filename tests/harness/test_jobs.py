@@ -59,11 +59,10 @@ def test_jobs_share_the_cores_and_small_or_accelerated_studies_run_in_one_proces
     assert many.jobs == 2  # at most one per cell
     six = dataclasses.replace(SPEC, trials=30, strategies=("full_finetune", "linear_probe",
                                                           "bias_only", "lp_ft", "ulmfit", "lora"))
-    assert (choose_jobs(six, None).jobs, choose_jobs(six, None).threads) == (4, 2)  # 2 cores each
+    assert (choose_jobs(six, None).jobs, choose_jobs(six, None).threads) == (6, 1)  # one a core
     assert json.dumps(many.to_dict())  # what env.json records
-    # 2 cores: one process on both of them (two single-threaded ones were 11% slower)
     monkeypatch.setattr("harness.run.sweep.usable_cores", lambda: 2)
-    assert choose_jobs(six, None).jobs == 1
+    assert (choose_jobs(six, None).jobs, choose_jobs(six, None).threads) == (2, 1)
 
 
 @pytest.mark.slow
