@@ -1,13 +1,14 @@
 """Visual prompt tuning (Jia et al. 2022): learned tokens join a frozen ViT's token sequence;
 the prompts and a new head train.
 
-``shallow``: ``prompt_tokens`` tokens are inserted after the class token once, at the first
-block's input. ``deep``: every block gets its own, replacing the previous block's prompt outputs
-at its input (the paper's VPT-deep). Only the class token reaches the head, so the prompts act
-through attention. The prompts are parameters of the modules they follow (``stem.vpt_prompt``,
-``block2.vpt_prompt``) applied by hooks, so the pretrained parameters keep their names.
-The paper trains with SGD at large learning rates; so does the search here. Transformer
-backbones only.
+``shallow``: ``prompt_tokens`` tokens are inserted after the prefix tokens (the class token, and a
+timm ViT's register tokens) once, at the first block's input. ``deep``: every block gets its own,
+replacing the previous block's prompt outputs at its input (the paper's VPT-deep). Only the class
+token reaches the head, so the prompts act through attention. The prompts are parameters of the
+blocks they enter (``block1.vpt_prompt``; ``block1.blocks.0.vpt_prompt`` in a timm ViT) applied by
+forward pre-hooks, so the pretrained parameters keep their names. The paper trains with SGD at
+large learning rates; so does the search here. Transformer backbones only (``vit_tiny``, timm
+ViTs whose head reads the class token).
 """
 
 from __future__ import annotations
@@ -15,24 +16,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.models.timm import timm_net
 from harness.registry import STRATEGIES
 from harness.train.strategy import Phase, Plan, PlanError, Strategy, optimizer_from, sgd_space
-from strategies._transformer import embed_dim, transformer_blocks
+from strategies._transformer import embed_dim, is_timm, prefix_tokens, transformer_blocks
 
 DEPTHS = ("shallow", "deep")
 
 
-def _insert_prompts(module: nn.Module, args, output):
-    # after the stem: [cls, prompts, patches]
-    p = module.vpt_prompt.expand(output.shape[0], -1, -1)
-    return torch.cat([output[:, :1], p, output[:, 1:]], dim=1)
+def _insert_prompts(module: nn.Module, args):
+    # before the first block: [prefix, prompts, patches]
+    x, k = args[0], module.vpt_prefix
+    p = module.vpt_prompt.expand(x.shape[0], -1, -1)
+    return (torch.cat([x[:, :k], p, x[:, k:]], dim=1), *args[1:])
 
 
 def _replace_prompts(module: nn.Module, args):
     # before a deep block: this block's prompts replace the previous block's prompt outputs
-    x = args[0]
+    x, k = args[0], module.vpt_prefix
     p = module.vpt_prompt.expand(x.shape[0], -1, -1)
-    return (torch.cat([x[:, :1], p, x[:, 1 + p.shape[1]:]], dim=1), *args[1:])
+    return (torch.cat([x[:, :k], p, x[:, k + p.shape[1]:]], dim=1), *args[1:])
 
 
 def _prompt(n: int, dim: int, like: torch.Tensor) -> nn.Parameter:
@@ -49,17 +52,16 @@ def add_prompts(model: nn.Sequential, n: int, depth: str, strategy: str = "vpt")
     if n < 1:
         raise PlanError(f"strategy {strategy!r}: prompt_tokens must be at least 1, but got {n}.")
     found = transformer_blocks(model, strategy)
-    names = [name for name, _ in model.named_children()]
-    stem = getattr(model, names[names.index(found[0][0]) - 1]) if names.index(found[0][0]) else None
-    if stem is None:
-        raise PlanError(f"strategy {strategy!r} needs a stem before the first transformer block "
-                        f"(the patch embedding), but the model starts with {names[0]!r}.")
-    dim, like = embed_dim(found[0][1]), next(found[0][1].parameters())
-    stem.vpt_prompt = _prompt(n, dim, like)
-    stem.register_forward_hook(_insert_prompts)
-    for _, block in found[1:] if depth == "deep" else ():
+    pool = getattr(timm_net(model), "global_pool", "token") if is_timm(model) else "token"
+    if pool != "token":  # timm's "avg" or "map" would read the prompts' outputs too
+        raise PlanError(f"strategy {strategy!r} needs a ViT whose head reads the class token, but "
+                        f"this one pools {pool!r} over all tokens, prompts included; pick a timm "
+                        "ViT with global_pool='token' (e.g. timm:test_vit).")
+    k, dim, like = prefix_tokens(model), embed_dim(found[0][1]), next(found[0][1].parameters())
+    for i, (_, block) in enumerate(found if depth == "deep" else found[:1]):
         block.vpt_prompt = _prompt(n, dim, like)
-        block.register_forward_pre_hook(_replace_prompts)
+        block.vpt_prefix = k
+        block.register_forward_pre_hook(_replace_prompts if i else _insert_prompts)
     return model
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "check_timm_name",
     "device_problem",
     "load_study",
+    "parse_timm_name",
     "resolve_device",
     "safe_component",
     "spec_from_dict",
@@ -473,14 +474,62 @@ def parse_dataset(name: str, root: str | None = None) -> tuple[str, str | None]:
 
 
 TIMM_PREFIX = "timm:"  # "timm:vit_tiny_patch16_224": any model of the timm library, by its name
+# what the harness sets itself, from the task and the weights file: never from a model name
+_TIMM_RESERVED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "num_classes",
+                  "in_chans", "img_size", "checkpoint_path", "cache_dir")
+_TIMM_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def _timm_value(key: str, text: str, name: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    low = text.lower()
+    if low in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[low]
+    if _TIMM_WORD.fullmatch(text):
+        return text
+    raise UserError(f"timm argument {key}={text!r} in {name!r} is not a number, true/false/none or "
+                    "a plain word; write e.g. timm:test_vit:patch_size=7.")
+
+
+def parse_timm_name(name: str) -> tuple[str, dict]:
+    """``"timm:test_vit:patch_size=7:depth=4"`` -> ``("test_vit", {"patch_size": 7, "depth": 4})``.
+
+    Arguments after the model's name are passed to ``timm.create_model`` (timm's model arguments:
+    a ViT's ``patch_size``, ``depth``, ``embed_dim``; ``drop_path_rate``; ...), so a timm model
+    can be sized for the task (MNIST's 28 pixels need a patch that divides 28). Only the name is
+    checked here; timm refuses an argument its model does not take when the model is built.
+
+    >>> parse_timm_name("timm:test_vit:patch_size=7:global_pool=avg")
+    ('test_vit', {'patch_size': 7, 'global_pool': 'avg'})
+    """
+    arch, *args = name.removeprefix(TIMM_PREFIX).split(":")
+    kwargs: dict = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if not sep or not key.isidentifier() or not text:
+            raise UserError(f"timm argument {arg!r} in {name!r} is not key=value; write "
+                            "timm:<model>:<key>=<value>, e.g. timm:test_vit:patch_size=7.")
+        if key in _TIMM_RESERVED:
+            raise UserError(f"timm argument {key!r} in {name!r} is set by the harness (from the "
+                            "task's classes, channels and image size, or from weights=PATH); "
+                            "leave it out of the model's name.")
+        if key in kwargs:
+            raise UserError(f"timm argument {key!r} appears twice in {name!r}; give it once.")
+        kwargs[key] = _timm_value(key, text, name)
+    return arch, kwargs
 
 
 def check_timm_name(name: str) -> str:
     """``"timm:resnet18"`` -> ``"resnet18"``, a model timm knows; else a one-line :class:`UserError`.
 
-    timm is imported only here, for ``timm:`` names.
+    Arguments after the name (``timm:test_vit:patch_size=7``) are parsed by
+    :func:`parse_timm_name`. timm is imported only here, for ``timm:`` names.
     """
-    arch = name.removeprefix(TIMM_PREFIX)
+    arch, _ = parse_timm_name(name)
     import timm
 
     if not arch or not timm.is_model(arch):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.config.spec import check_timm_name
+from harness.config.spec import check_timm_name, parse_timm_name
 from harness.errors import UserError
 
 __all__ = ["build_timm", "load_timm_weights", "timm_net", "wrap_timm"]
@@ -174,13 +174,23 @@ def _create(arch: str, image_size: int | None, **kwargs) -> nn.Module:
 
 def build_timm(name: str, in_channels: int, num_classes: int,
                image_size: int | None = None) -> nn.Sequential:
-    """The timm model ``name`` (``timm:<model>``), freshly initialised, as the harness's blocks."""
+    """The timm model ``name`` (``timm:<model>[:<key>=<value>...]``), freshly initialised, as the
+    harness's blocks; arguments after the model's name go to ``timm.create_model``."""
     arch = check_timm_name(name)
-    net = _create(arch, image_size, pretrained=False, num_classes=num_classes,
-                  in_chans=in_channels)
+    extra = parse_timm_name(name)[1]
+    try:
+        net = _create(arch, image_size, pretrained=False, num_classes=num_classes,
+                      in_chans=in_channels, **extra)
+    except TypeError as e:  # an argument the model does not take
+        if not extra:
+            raise
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"timm model {arch!r} does not take the arguments {extra} of {name!r} "
+                        f"({first}); see the model's class in timm for its arguments.") from None
     model = wrap_timm(net)
     model.features.__dict__["timm_args"] = {
-        "arch": arch, "image_size": image_size, "num_classes": num_classes, "in_chans": in_channels}
+        "arch": arch, "image_size": image_size, "num_classes": num_classes, "in_chans": in_channels,
+        "extra": extra}
     return model
 
 
@@ -220,7 +230,8 @@ def load_timm_weights(name: str, model: nn.Sequential, weights: str) -> None:
     try:
         loaded = _create(args["arch"], args["image_size"], pretrained=True,
                          pretrained_cfg_overlay={"state_dict": state, "num_classes": file_classes},
-                         num_classes=args["num_classes"], in_chans=args["in_chans"])
+                         num_classes=args["num_classes"], in_chans=args["in_chans"],
+                         **args["extra"])
     except (RuntimeError, KeyError, ValueError) as e:
         first = (str(e).splitlines() or [""])[0][:300]
         raise UserError(f"weights file {path} does not fit timm model {args['arch']!r} "

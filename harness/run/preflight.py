@@ -59,7 +59,8 @@ def _check_timm_models_fit(spec: StudySpec, shape: tuple[int, ...]) -> None:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"model {name!r} cannot take this study's {list(shape)} inputs "
                             f"({reason}); choose a timm model that fits them (a ViT's patch "
-                            "size must divide the image size) or another dataset.") from None
+                            "size must divide the image size: give it in the name, e.g. "
+                            "timm:test_vit:patch_size=7) or another dataset.") from None
 
 
 def _refuse_channels_last_on_text(spec: StudySpec) -> None:

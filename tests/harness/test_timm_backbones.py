@@ -173,6 +173,54 @@ def test_a_timm_model_that_cannot_take_the_studys_inputs_is_one_line_before_any_
     spec = StudySpec(name="t", description="t", dataset="mnist5k", classes=(0, 1),
                      budgets=(10,), strategies=("linear_probe",), model="timm:test_vit")
     with pytest.raises(UserError, match=r"'timm:test_vit' cannot take this study's \[1, 28, 28\] "
-                                        r"inputs \(Input height \(28\) should be divisible"):
+                                        r"inputs \(Input height \(28\) should be divisible.*"
+                                        r"e\.g\. timm:test_vit:patch_size=7"):
         check_runnable(spec)
+    # sized for the task by an argument in the name: 28 / 7 = 4 patches a side
+    assert check_runnable(dataclasses.replace(spec, model="timm:test_vit:patch_size=7"))
     assert check_runnable(dataclasses.replace(spec, model="timm:test_resnet")).model == "timm:test_resnet"
+
+
+def test_arguments_in_a_timm_name_size_the_model_and_survive_a_weights_file(tmp_path):
+    """``timm:test_vit:patch_size=7:depth=2`` is timm's ``create_model("test_vit",
+    patch_size=7, depth=2)``; weights saved from it load back into the same name."""
+    from safetensors.torch import save_file
+
+    from harness.models.torchvision import load_backbone_weights
+
+    name = "timm:test_vit:patch_size=7:depth=2"
+    model = _model(name, size=28)
+    net = timm_net(model)
+    assert net.patch_embed.patch_size == (7, 7) and len(net.blocks) == 2
+    assert blocks(model) == ["stem", "block1", "block2", "head"]  # the final norm is in block2
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    other = _model(name, size=28, seed=1)
+    load_backbone_weights(name, other, str(path))
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(other.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("timm:test_vit:patch_size", r"'patch_size' in 'timm:test_vit:patch_size' is not key=value"),
+    ("timm:test_vit:num_classes=3", r"'num_classes' .* is set by the harness"),
+    ("timm:test_vit:img_size=32", r"'img_size' .* is set by the harness"),
+    ("timm:test_vit:depth=2:depth=3", r"'depth' appears twice"),
+    ("timm:test_vit:act_layer=a/b", r"act_layer='a/b' .* is not a number, true/false/none or a plain word"),
+    ("timm:test_vit:no_such_arg=1", r"'test_vit' does not take the arguments \{'no_such_arg': 1\}"),
+])
+def test_a_bad_argument_in_a_timm_name_is_one_line(name, message):
+    with pytest.raises(UserError, match=message) as e:
+        build_model(name, 1, 3, image_size=28)
+    assert "\n" not in str(e.value)
+
+
+def test_timm_argument_values_are_numbers_flags_or_words():
+    from harness.config.spec import parse_timm_name
+
+    assert parse_timm_name("timm:test_vit:patch_size=7:drop_path_rate=0.1:class_token=false:"
+                           "global_pool=avg:init_values=none") == (
+        "test_vit", {"patch_size": 7, "drop_path_rate": 0.1, "class_token": False,
+                     "global_pool": "avg", "init_values": None})
+    assert parse_timm_name("timm:resnet18") == ("resnet18", {})

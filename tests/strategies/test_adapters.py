@@ -95,3 +95,52 @@ def test_transformer_strategies_refuse_a_cnn_in_one_clear_line(name):
     with pytest.raises(PlanError, match=rf"strategy '{name}' applies to .*vit_tiny") as err:
         build_plan(name, STRATEGIES.get(name)(), build_model("small_cnn", 1, 2), HP, 2)
     assert "\n" not in str(err.value)
+
+
+def _timm_vit(name="timm:test_vit:patch_size=4"):
+    torch.manual_seed(0)
+    return build_model(name, 1, 2, image_size=12).eval()
+
+
+def test_adapters_and_ln_tuning_run_inside_a_timm_vit():
+    """timm's blocks sit one level down (``block1.blocks.0``) and timm's forward calls them: the
+    adapters start as the identity there and change the output once trained."""
+    model = _timm_vit()
+    before = model(_x())
+    adapted, _ = build_plan("adapter", STRATEGIES.get("adapter")(), model, {**HP, "bottleneck": 8}, 2)
+    assert torch.equal(adapted(_x()), before)
+    new = {n.rsplit(".", 2)[0] for n, _ in adapted.named_parameters() if ".adapter." in n}
+    assert new == {f"block{i + 1}.blocks.{i}.{s}.adapter" for i in range(6) for s in ("attn", "mlp")}
+    with torch.no_grad():
+        adapted.get_submodule("block4.blocks.3.mlp.adapter").up.weight.normal_(0.0, 0.1)
+    assert not torch.allclose(adapted(_x()), before)
+    model, plan = build_plan("ln_tuning", STRATEGIES.get("ln_tuning")(), _timm_vit(), HP, 2)
+    import fnmatch
+
+    chosen = {n for n, _ in model.named_parameters()
+              if any(fnmatch.fnmatchcase(n, p) for p in plan.phases[0].params)}
+    assert len(chosen) == 2 * (2 * 6 + 1)  # norm1, norm2 of 6 blocks and the final norm
+
+
+@pytest.mark.parametrize("name, prefix", [("timm:test_vit:patch_size=4", 1),
+                                          ("timm:test_vit:patch_size=4:reg_tokens=2", 3)])
+def test_vpt_puts_prompts_after_a_timm_vits_prefix_tokens(name, prefix):
+    model = _timm_vit(name)
+    hp = {**HP, "prompt_tokens": 3, "vpt_depth": "deep"}
+    model, _ = build_plan("vpt", STRATEGIES.get("vpt")(), model, hp, 2)
+    third = model.get_submodule("block3.blocks.2")
+    seen = []
+    third.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    out = model(_x())
+    assert seen[0].shape[1] == prefix + 3 + 9  # class (and register) tokens, prompts, patches
+    assert torch.equal(seen[0][:, prefix:prefix + 3], third.vpt_prompt.expand(4, -1, -1))
+    out.sum().backward()
+    prompts = {n: p for n, p in model.named_parameters() if n.endswith("vpt_prompt")}
+    assert len(prompts) == 6 and all(p.grad.abs().sum() > 0 for p in prompts.values())
+
+
+def test_vpt_refuses_a_timm_vit_that_pools_over_all_tokens():
+    with pytest.raises(PlanError, match=r"pools 'avg' over all tokens, prompts included") as err:
+        build_plan("vpt", STRATEGIES.get("vpt")(), _timm_vit("timm:test_vit:patch_size=4:global_pool=avg"),
+                   {**HP, "prompt_tokens": 2, "vpt_depth": "shallow"}, 2)
+    assert "\n" not in str(err.value)

@@ -18,7 +18,8 @@ COSTS = {"linear_probe": (0.80, 1e6, 400.0), "full_finetune": (0.95, 9e6, 6e5),
 
 def test_study_compares_the_peft_methods_with_the_classic_ones_on_the_vit():
     spec = load_study("peft_vs_full")
-    assert spec.model == "vit_tiny" and spec.pretrain.optimizer == "adamw"
+    assert spec.model_axis == ("vit_tiny", "timm:test_vit:patch_size=7")  # ours and timm's
+    assert spec.pretrain.optimizer == "adamw"
     assert {"linear_probe", "finetune_adamw", "bias_only", "lora_r2", "lora_r8", "dora", "ia3",
             "adapter", "vpt"} == set(spec.strategies)
     assert all(s in STRATEGIES.names() for s in spec.strategies)
@@ -59,19 +60,25 @@ def test_figures_draw_with_costs_and_say_why_without(name):
 
 @pytest.mark.slow
 def test_tiny_run_of_three_strategies_writes_tables_forgetting_and_the_memory_figure(tmp_path):
-    """The real pipeline, shrunk: 8x8 digits, one pretraining epoch, one trial, two seeds."""
+    """The real pipeline, shrunk: 8x8 digits, one pretraining epoch, one trial, two seeds, on
+    the harness's ViT and timm's (4-pixel patches for 8 pixels)."""
     from harness.pipeline import run_study
 
     spec = load_study("peft_vs_full")
     spec = dataclasses.replace(spec, dataset="digits", seeds=2, epochs=1, trials=1, budgets=(10,),
+                               models=("vit_tiny", "timm:test_vit:patch_size=4"),
                                min_steps=None, strategies=("linear_probe", "lora_r2", "adapter"),
                                pretrain=dataclasses.replace(spec.pretrain, dataset="digits",
                                                             epochs=1))
     run = run_study(spec, out_root=tmp_path, progress=False)
     tables = load(run.run_dir)
     final = tables.trials[tables.trials["stage"] == "final"]
-    assert (final["status"] == "ok").all() and len(final) == 6
+    assert (final["status"] == "ok").all() and len(final) == 12
     assert final["source_accuracy"].between(0, 1).all()
     # the probe leaves the body as pretrained: its source accuracy is the same for every seed
-    assert final.loc[final["strategy"] == "linear_probe", "source_accuracy"].nunique() == 1
+    probe = final[final["strategy"] == "linear_probe"]
+    assert (probe.groupby("model")["source_accuracy"].nunique() == 1).all()
+    # adapters (hooked into timm's own blocks on the timm ViT) trained on both backbones
+    adapter = final[final["strategy"] == "adapter"].set_index(["model", "seed"])["source_accuracy"]
+    assert set(adapter.index.get_level_values("model")) == set(spec.models)
     assert (run.run_dir / "plots" / "accuracy_vs_memory.png").is_file()
