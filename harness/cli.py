@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--check", action="store_true",
                     help="exit 1 unless every claim of the study's paper passes (see claims.csv)")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.add_argument("--no-figures", dest="figures", action="store_false", default=None,
+                    help="write the tables and reports without figures (about 1 s a figure "
+                         "file on 2 CPU cores; `report RUN_DIR` draws them later); "
+                         "HARNESS_FIGURES=0 does the same for every run")
 
     wk = sub.add_parser(
         "worker", help="join a study's run in a shared storage and run its trials",
@@ -223,7 +227,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             given = [*overrides, *(k for k in ("jobs", "threads") if getattr(args, k))]
             raise UserError(f"--resume finishes a run as it was planned; drop "
                             f"{', '.join('--' + k for k in given)}.")
-        run = resume_study(args.resume, storage=args.storage, progress=not args.quiet)
+        run = resume_study(args.resume, storage=args.storage, progress=not args.quiet,
+                           figures=args.figures)
     else:
         spec = load_study(args.name)
         if "strategies" in overrides:  # a study's fixed configs of strategies left out go too
@@ -234,10 +239,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         # with --storage the user starts the workers; else the machine decides (None)
         jobs = args.jobs or (1 if args.storage is not None else None)
         run = run_study(spec, out_root=args.out, storage=args.storage, progress=not args.quiet,
-                        jobs=jobs, threads=args.threads)
+                        jobs=jobs, threads=args.threads, figures=args.figures)
     print()
     print(markdown_table(summary_view(run.summary)))
-    print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, plots, report.md and "
+    plots = "plots, " if (run.run_dir / "plots").is_dir() and any((run.run_dir / "plots").iterdir()) else ""
+    print(f"\n{args.name}: finished in {run.seconds:.0f} s; tables, {plots}report.md and "
           f"report.html in {run.run_dir}")
     if run.claims is not None and len(run.claims):
         from harness.analysis.claims import claims_view

@@ -27,7 +27,7 @@ from harness.analysis.tables import measurements_frame, summarize
 from harness.config.spec import StudySpec, device_problem, resolve_device
 from harness.errors import UserError
 from harness.measure.env import environment
-from harness.report.markdown import write_reports
+from harness.report.markdown import figures_wanted, write_reports
 from harness.run.preflight import check_runnable
 from harness.run.queue import (
     RunPlan,
@@ -154,6 +154,7 @@ def run_study(
     progress: bool = True,
     jobs: int | None = 1,
     threads: int | None = None,
+    figures: bool | None = None,
 ) -> StudyRun:
     """Run ``spec`` and write its tables, plot and report to ``<out_root>/<study>/<run_id>/``.
 
@@ -162,7 +163,10 @@ def run_study(
     ``threads`` torch threads each (default: the cores shared out). Several jobs run each cell's
     search trials in order, so the trials are those of one job with the same threads per trial.
     Other processes may join the run with :func:`run_worker` on the same ``storage``.
+    ``figures`` False (None: ``HARNESS_FIGURES``, drawn by default) writes the report without
+    figures; ``python -m harness report RUN_DIR`` draws them later.
     """
+    draw = figures_wanted(figures)  # a bad HARNESS_FIGURES fails before the run, not after it
     check_runnable(spec)
     store = open_storage(storage) if storage is not None else None
     t_start = time.perf_counter()
@@ -189,7 +193,7 @@ def run_study(
                 pre_rows += _pretrain_rows(run_id, spec, pre, device)
         plan = plan_run(store, spec, run_id, pre_rows, ordered=share.jobs > 1)
         _work(store, storage_url, plan, run_dir, share, progress)
-        return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+        return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start, draw)
 
 
 def _work(store, storage_url: str, plan: RunPlan, run_dir: Path, share: Jobs, progress: bool) -> None:
@@ -201,9 +205,11 @@ def _work(store, storage_url: str, plan: RunPlan, run_dir: Path, share: Jobs, pr
         work(store, plan, None, progress, share.threads, cache)
 
 
-def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True) -> StudyRun:
+def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool = True,
+                 figures: bool | None = None) -> StudyRun:
     """Finish the run in ``run_dir`` whose process stopped: completed trials are kept, the
     interrupted ones re-queued with their parameters, the rest run, then the tables are written."""
+    draw = figures_wanted(figures)
     run_dir = Path(run_dir)
     spec_file = run_dir / "spec.json"
     if not spec_file.is_file():
@@ -233,10 +239,11 @@ def resume_study(run_dir: str | Path, storage: str | None = None, progress: bool
         if progress and requeued:
             print(f"{spec_dict['name']}: re-queued {requeued} interrupted trial(s)")
         work(store, plan, None, progress)
-        return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start)
+        return _finish(store, plan, run_dir, env, spec_dict, time.perf_counter() - t_start, draw)
 
 
-def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float) -> StudyRun:
+def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, seconds: float,
+            figures: bool = True) -> StudyRun:
     """Write the tables, plots and report of a finished run, all from the storage."""
     rows, trial_rows = collect(store, plan)
     measurements = measurements_frame(rows)
@@ -246,6 +253,6 @@ def _finish(store, plan: RunPlan, run_dir: Path, env: dict, spec_dict: dict, sec
     claims = evaluate_claims(plan.spec.name, load(run_dir))
     if len(claims):
         write_claims(run_dir, claims)
-    write_reports(run_dir, seconds)
+    write_reports(run_dir, seconds, figures)
     close_storage(store)
     return StudyRun(run_dir, summary, seconds, claims)

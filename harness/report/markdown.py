@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -241,14 +242,18 @@ def _claims(claims: pd.DataFrame | None) -> Section | None:
         + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."), table=view)
 
 
-def sections(run: RunTables, plots: list[Plot], seconds: float | None = None,
+def sections(run: RunTables, plots: list[Plot] | None, seconds: float | None = None,
              claims: pd.DataFrame | None = None) -> list[Section]:
-    """The report's content, in order, for both renderers."""
+    """The report's content, in order, for both renderers; ``plots`` None: figures not drawn."""
     s = run.summary
     best = s[_text_col(s["skipped"]) == ""] if len(s) else s
     best = best[[*_varying(s, ("device", "dataset", "model")), "budget", "strategy", "execution",
                  "best_params"]]
-    omitted = [p for p in plots if p.omitted]
+    omitted = [p for p in plots or () if p.omitted]
+    drawn = (f"{len(plots) - len(omitted)} of {len(plots)} figures drawn, from the tables alone; "
+             "each also as SVG beside its PNG in `plots/`.") if plots is not None else (
+             "Figures not drawn (`--no-figures` or `HARNESS_FIGURES=0`); `python -m harness "
+             "report RUN_DIR` draws them from the tables.")
     out = [
         Section("Run", "run", _intro(run), table=_axes(run, seconds)),
         Section("Summary", "summary", (
@@ -259,9 +264,7 @@ def sections(run: RunTables, plots: list[Plot], seconds: float | None = None,
         _claims(claims),
         _executions(run),
         _failures(run),
-        Section("Plots", "plots", (
-            f"{len(plots) - len(omitted)} of {len(plots)} figures drawn, from the tables alone; "
-            "each also as SVG beside its PNG in `plots/`."), plots=tuple(plots)),
+        Section("Plots", "plots", drawn, plots=tuple(plots or ())),
         Section("Best configurations", "best", "The config each cell's search selected on "
                 "validation accuracy, re-run with the seeds.", table=best),
         Section("Environment", "environment", "Recorded at the start of the run (`env.json`). "
@@ -319,9 +322,24 @@ def render_markdown(run: RunTables, parts: list[Section]) -> str:
 _FILES = ("measurements.csv", "trials.csv", "summary.csv", "env.json", "spec.json")
 
 
-def write_reports(run_dir: str | Path, seconds: float | None = None) -> tuple[Path, Path]:
+def figures_wanted(figures: bool | None = None) -> bool:
+    """Whether a run draws its figures: ``figures`` when given, else ``HARNESS_FIGURES`` (``1``,
+    the default, or ``0``: tables and reports only, for regression tracking and test suites)."""
+    if figures is not None:
+        return figures
+    value = os.environ.get("HARNESS_FIGURES", "1").strip()
+    if value not in ("0", "1"):
+        raise UserError(f"HARNESS_FIGURES={value!r} is neither 1 (draw the figures, the default) "
+                        "nor 0 (skip them); set one of those or unset it.")
+    return value == "1"
+
+
+def write_reports(run_dir: str | Path, seconds: float | None = None,
+                  figures: bool | None = None) -> tuple[Path, Path]:
     """Draw every figure and write ``report.md`` and ``report.html`` into ``run_dir``, from its
     tables alone; returns both paths. ``seconds`` is the run's wall time, when known.
+    ``figures`` False (or None with ``HARNESS_FIGURES=0``) draws none, and removes figures an
+    earlier report drew, so ``plots/`` never shows an older version of the tables.
 
     Both reports are rendered before either is written, and each file is replaced atomically,
     so a failure leaves the previous reports as they were; calling it again rewrites them.
@@ -335,9 +353,16 @@ def write_reports(run_dir: str | Path, seconds: float | None = None) -> tuple[Pa
                         f"{', '.join(missing)}; pass a folder such as results/<study>/<run_id>.")
     run = load(run_dir)
     claims = pd.read_csv(run_dir / "claims.csv") if (run_dir / "claims.csv").is_file() else None
-    from harness.report.plots import draw_all
+    if figures_wanted(figures):
+        from harness.report.plots import draw_all  # matplotlib and seaborn load only here
 
-    parts = sections(run, draw_all(run_dir, run), seconds, claims)
+        plots = draw_all(run_dir, run)
+    else:
+        plots = None
+        for old in (run_dir / "plots").glob("*.*"):
+            if old.suffix in (".png", ".svg"):
+                old.unlink()
+    parts = sections(run, plots, seconds, claims)
     md, html = render_markdown(run, parts), report_html.render(title(run), parts)
     atomic_write_text(run_dir / "report.md", md)
     atomic_write_text(run_dir / "report.html", html)
@@ -355,6 +380,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    md, html = write_reports(args.run_dir)
+    md, html = write_reports(args.run_dir, figures=True)
     print(f"wrote {md} and {html}")
     return 0

@@ -24,10 +24,13 @@ def run_dir(tmp_path_factory):
                      devices=("cpu", "cuda:7"), executions=("eager", "eager+channels_last"),
                      epochs=2, batch_size=8, trials=1, seeds=2, pruner="none",
                      enqueue={"linear_probe": {"lr": 0.1, "weight_decay": 0.0}})  # 0: log scale
-    run = run_study(spec, out_root=tmp_path_factory.mktemp("runs"), progress=False)
-    if not (run.run_dir / "report.html").is_file():  # until the study's end writes it
-        write_reports(run.run_dir)
+    run = run_study(spec, out_root=tmp_path_factory.mktemp("runs"), progress=False, figures=True)
     return run.run_dir
+
+
+@pytest.fixture(autouse=True)
+def _figures(figures_on):
+    """Every report of this file draws its figures (the session's default is none)."""
 
 
 def _drawn(run_dir):
@@ -204,3 +207,33 @@ def test_chromium_renders_the_html_report(run_dir, tmp_path):
     image = Image.open(shot).convert("L")
     assert image.size == (1280, 3000)
     assert len(set(image.resize((64, 150)).tobytes())) > 20  # text and figures, not a blank page
+
+
+def test_a_run_without_figures_says_so_removes_old_ones_and_report_draws_them_later(
+        run_dir, tmp_path, monkeypatch, run_cli):
+    """``--no-figures`` / ``HARNESS_FIGURES=0``: tables and both reports, no figure files (old
+    ones removed, so none shows earlier tables); ``harness report RUN_DIR`` draws them all."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert list((copy / "plots").glob("*.png"))
+    md, html = write_reports(copy, figures=False)
+    assert not [p for p in (copy / "plots").iterdir() if p.suffix in (".png", ".svg")]
+    for text in (md.read_text(), html.read_text()):
+        assert "Figures not drawn" in text and "harness report RUN_DIR" in text
+        assert "plots/learning_curves.png" not in text
+    monkeypatch.setenv("HARNESS_FIGURES", "0")  # the variable alone does the same
+    write_reports(copy)
+    assert not list((copy / "plots").glob("*.png"))
+    res = run_cli("report", str(copy))  # the report command always draws
+    assert res.returncode == 0, res.stderr
+    assert (copy / "plots" / "learning_curves.svg").is_file()
+    assert "](plots/learning_curves.png)" in (copy / "report.md").read_text()
+
+
+def test_a_bad_harness_figures_value_is_one_line_before_any_run(tmp_path, run_cli):
+    res = run_cli("study", "finetune_vs_probe", "--out", str(tmp_path), "--quiet",
+                  env={"HARNESS_FIGURES": "yes"})
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert "HARNESS_FIGURES='yes' is neither 1" in res.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, nothing half-written

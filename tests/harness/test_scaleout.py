@@ -146,7 +146,8 @@ def postgres_url():
 
 
 def test_three_workers_share_a_run_on_postgresql_and_the_password_never_shows(tmp_path, procs,
-                                                                              postgres_url):
+                                                                              postgres_url,
+                                                                              figures_on):
     trials, outputs, run_dir = _run_with_workers(tmp_path, postgres_url, procs)
     _check_exactly_once(trials, outputs, optuna.storages.get_storage(postgres_url))
     password = postgres_url.split("://")[1].split("@")[0].split(":")[1]

@@ -10,6 +10,8 @@ from harness.analysis.results import load
 from harness.analysis.tables import SUMMARY_COLUMNS
 from harness.run.records import COLUMNS
 
+FIGURES_ON = {"HARNESS_FIGURES": "1"}  # the main job as users run it: figures drawn
+
 
 def _only_run(out):
     runs = list((out / "finetune_vs_probe").iterdir())
@@ -21,7 +23,8 @@ def _only_run(out):
 def tiny_run(tmp_path_factory, run_cli_module):
     out = tmp_path_factory.mktemp("runs")
     res = run_cli_module("study", "finetune_vs_probe", "--trials", "2", "--seeds", "2",
-                         "--epochs", "4", "--out", str(out), "--quiet", timeout=None)
+                         "--epochs", "4", "--out", str(out), "--quiet", timeout=None,
+                         env=FIGURES_ON)
     assert res.returncode == 0, res.stderr
     return _only_run(out), res
 
@@ -101,11 +104,16 @@ def test_second_run_reuses_the_pretrained_backbone(tiny_run, run_cli_module, tmp
     # the probe only: the backbone is loaded all the same, and nothing is fine-tuned
     res = run_cli_module("study", "finetune_vs_probe", "--trials", "1", "--seeds", "1",
                          "--epochs", "1", "--strategies", "linear_probe_lbfgs",
-                         "--out", str(tmp_path), "--quiet", timeout=None)
+                         "--out", str(tmp_path), "--quiet", "--no-figures", timeout=None,
+                         env=FIGURES_ON)
     assert res.returncode == 0, res.stderr
     m = load(_only_run(tmp_path)).measurements
     assert m[m["metric"] == "loaded_from_cache"]["value"].tolist() == [1.0]
-    assert "loaded from cache" in (_only_run(tmp_path) / "report.md").read_text()
+    report = (_only_run(tmp_path) / "report.md").read_text()
+    assert "loaded from cache" in report
+    # --no-figures wins over HARNESS_FIGURES=1: tables and reports, no figures
+    assert "Figures not drawn" in report and not (_only_run(tmp_path) / "plots").is_dir()
+    assert "tables, report.md and report.html in" in res.stdout
 
 
 @pytest.mark.slow
@@ -113,7 +121,7 @@ def test_default_budget_runs_end_to_end(run_cli_module, tmp_path):
     """The README's main command with the study's own default budget (~3.3 min on a quiet machine;
     no time limit, so a busy one makes it slow, never wrong)."""
     res = run_cli_module("study", "finetune_vs_probe", "--out", str(tmp_path), "--quiet",
-                         timeout=None)
+                         timeout=None, env=FIGURES_ON)
     assert res.returncode == 0, res.stderr
     s = load(_only_run(tmp_path)).summary
     assert (s["n_seeds"] == 5).all() and (s["trials_failed"] == 0).all()

@@ -70,7 +70,7 @@ def test_tiny_run_of_three_strategies_writes_tables_forgetting_and_the_memory_fi
                                min_steps=None, strategies=("linear_probe", "lora_r2", "adapter"),
                                pretrain=dataclasses.replace(spec.pretrain, dataset="digits",
                                                             epochs=1))
-    run = run_study(spec, out_root=tmp_path, progress=False)
+    run = run_study(spec, out_root=tmp_path, progress=False, figures=True)
     tables = load(run.run_dir)
     final = tables.trials[tables.trials["stage"] == "final"]
     assert (final["status"] == "ok").all() and len(final) == 12
