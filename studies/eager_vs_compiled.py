@@ -7,6 +7,11 @@ tables show each run's figure. Multi-phase strategies recompile at each phase ch
 parameters that need gradients change): their compile cost is per phase. Ansel et al. 2024
 report a 1.41x geometric-mean training speedup on an A100; a small CNN on a CPU is another
 regime, and the question here is what this device gives.
+
+Runtime: 456-528 s for the whole command with ``--jobs 1`` from cold pretraining and inductor
+caches on 2 cores (3 runs, 20261203 21:59-22:55, machine otherwise idle). Inductor's caches
+make later trials of a graph warm (16 cold compiles, 80 warm ones): with them turned off every
+trial compiles from scratch, and the same command took 696 s (``scripts/bench_compile_cache.py``).
 """
 
 import numpy as np
@@ -26,7 +31,7 @@ def eager_vs_compiled() -> StudySpec:
         name="eager_vs_compiled",
         description=__doc__.strip().splitlines()[0],
         **MNIST_0_4_TO_5_9,
-        models=("small_cnn", "resnet_small"),  # speedup and compile time per model (~3 min)
+        models=("small_cnn", "resnet_small"),  # speedup and compile time per model
         strategies=("full_finetune", "progressive_unfreezing", "lp_ft"),
         executions=("eager", "compile"),
         budgets=(None,),
