@@ -23,7 +23,7 @@ def _only_run(out):
 def tiny_run(tmp_path_factory, run_cli_module):
     out = tmp_path_factory.mktemp("runs")
     res = run_cli_module("study", "finetune_vs_probe", "--trials", "2", "--seeds", "2",
-                         "--epochs", "4", "--out", str(out), "--quiet", timeout=None,
+                         "--epochs", "2", "--out", str(out), "--quiet", timeout=None,
                          env=FIGURES_ON)
     assert res.returncode == 0, res.stderr
     return _only_run(out), res
