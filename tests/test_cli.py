@@ -1,6 +1,29 @@
-"""The command line as a user meets it: exit codes, one-line errors, listings."""
+"""The command line as a user meets it: exit codes, one-line errors, listings.
+
+Most cases run in-process through the CLI's own ``main`` (what ``python -m harness`` runs): a
+subprocess would pay the interpreter and torch start-up (3-4 s) for each. One test checks that
+a real process gives the same one line and exit code.
+"""
+
+from types import SimpleNamespace
 
 import pytest
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` runs ``harness ARGS`` in this process: ``.returncode``, ``.stdout``, ``.stderr``."""
+    from harness.cli import main
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's --help and its own errors, as in a process
+            code = e.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -41,10 +64,10 @@ def test_a_mistake_in_a_real_process_is_one_line_and_exit_2(run_cli, tmp_path):
         res.stderr.strip()] and "did you mean 'finetune_vs_probe'?" in res.stderr
 
 
-def test_unknown_strategy_in_a_study_file_exits_2(run_cli, tmp_path):
+def test_unknown_strategy_in_a_study_file_exits_2(cli, tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('dataset = "digits"\nstrategies = ["linear_prob"]\n')
-    res = run_cli("study", str(f), "--out", str(tmp_path / "out"))
+    res = cli("study", str(f), "--out", str(tmp_path / "out"))
     assert res.returncode == 2
     assert res.stderr.strip() == ("error: unknown strategy 'linear_prob'; did you mean "
                                   "'linear_probe'? available: full_finetune, linear_probe") or \
@@ -86,20 +109,20 @@ def test_bad_values_in_a_study_file_exit_2_before_anything_is_written(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_storage_and_out_exit_2_and_write_nothing(run_cli, tmp_path):
-    res = run_cli("study", "finetune_vs_probe", "--storage", "notadb://u:secret@h/x",
-                  "--out", str(tmp_path / "out"))
+def test_bad_storage_and_out_exit_2_and_write_nothing(cli, tmp_path):
+    res = cli("study", "finetune_vs_probe", "--storage", "notadb://u:secret@h/x",
+              "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "cannot open Optuna storage 'notadb://u:***@h/x'" in res.stderr
     assert "secret" not in res.stderr and not (tmp_path / "out").exists()
     (tmp_path / "afile").write_text("")
-    res = run_cli("study", "finetune_vs_probe", "--out", str(tmp_path / "afile"))
+    res = cli("study", "finetune_vs_probe", "--out", str(tmp_path / "afile"))
     assert res.returncode == 2 and "is a file; pass a folder" in res.stderr
 
 
-def test_unknown_key_in_a_study_file_exits_2(run_cli, tmp_path):
+def test_unknown_key_in_a_study_file_exits_2(cli, tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('dataset = "digits"\nstrategies = ["linear_probe"]\nepoch = 3\n')
-    res = run_cli("study", str(f))
+    res = cli("study", str(f), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "unknown key(s) ['epoch']" in res.stderr
 
 
@@ -107,22 +130,22 @@ def test_unknown_key_in_a_study_file_exits_2(run_cli, tmp_path):
     ("strategies", "linear_probe"), ("studies", "finetune_vs_probe"),
     ("datasets", "mnist5k"), ("models", "small_cnn"),
 ])
-def test_list_shows_registered_entries_with_descriptions(run_cli, kind, expected):
-    res = run_cli("list", kind)
+def test_list_shows_registered_entries_with_descriptions(cli, kind, expected):
+    res = cli("list", kind)
     assert res.returncode == 0
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith(expected))
     assert len(line.split(None, 1)) == 2  # a name and a description
 
 
-def test_help_explains_every_study_option(run_cli):
-    res = run_cli("study", "--help")
+def test_help_explains_every_study_option(cli):
+    res = cli("study", "--help")
     for opt in ("--trials", "--seeds", "--storage", "--out", "--device"):
         assert opt in res.stdout
 
 
-def test_a_worker_with_no_run_to_join_exits_2(run_cli, tmp_path):
+def test_a_worker_with_no_run_to_join_exits_2(cli, tmp_path):
     (tmp_path / "j.log").write_text("")  # a journal with no run in it
-    res = run_cli("worker", "finetune_vs_probe", "--storage", f"journal:{tmp_path / 'j.log'}")
+    res = cli("worker", "finetune_vs_probe", "--storage", f"journal:{tmp_path / 'j.log'}")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "no unfinished run of study 'finetune_vs_probe'" in res.stderr
 

@@ -14,8 +14,8 @@ out (a known debt in ``docs/architecture.md``), this file should call it instead
 Executions: ``eager`` and ``compile`` (inductor, the default compiler). The suite runs with
 ``--benchmark-disable`` (pyproject's addopts), where each body runs once as a test, and an
 inductor compile costs 10-40 s on two shared CPU cores; so without ``--benchmark-enable`` only
-``full_finetune`` runs compiled (the smoke test of the compiled step), and the other compiled
-cases skip. With ``--benchmark-enable`` every case runs: six compiled ones, 15-40 s each here.
+``full_finetune`` runs compiled (the smoke test of the compiled step, marked ``slow``), and the
+other compiled cases skip. With ``--benchmark-enable`` every case runs: six compiled ones, 15-40 s each here.
 A backend switch (``aot_eager`` when disabled) was rejected: the default run would then
 exercise a compiler the benchmark never times.
 
@@ -92,8 +92,17 @@ def _first_phase_step(name: str, execution: str):
     return model, phase, params, step
 
 
-@pytest.mark.parametrize("execution", EXECUTIONS)
-@pytest.mark.parametrize("name", STRATEGIES.names())
+def _cases():
+    """(name, execution) with the ids of stacked parametrize; the inductor smoke case is ``slow``
+    (a cold compile, 25-30 s: the quick loop ``-m "not slow"`` leaves it to CI)."""
+    for execution in EXECUTIONS:
+        for name in STRATEGIES.names():
+            smoke = execution == "compile" and name in SMOKE_COMPILED
+            yield pytest.param(name, execution, id=f"{name}-{execution}",
+                               marks=pytest.mark.slow if smoke else ())
+
+
+@pytest.mark.parametrize("name, execution", list(_cases()))
 def test_one_training_step(benchmark, name, execution):
     compiled = parse_execution(execution).compile
     if compiled and name not in SMOKE_COMPILED and benchmark.disabled:

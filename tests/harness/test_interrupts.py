@@ -95,7 +95,8 @@ class _Run:
         return None
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130),
+                                       pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_a_signal_gives_the_running_trial_back_and_one_line_says_how_to_resume(tmp_path, procs,
                                                                               sig, code):
     study_file = tmp_path / "stop.toml"

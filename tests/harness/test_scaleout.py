@@ -6,6 +6,9 @@ tables hold every one of them, also when a worker is killed (SIGKILL) mid-trial:
 failed as "worker lost" once its heartbeat stops, and runs again. ``.ci/run`` starts the
 PostgreSQL server and exports its URL.
 
+Every test here but the journal's worker killed mid-trial is marked ``slow`` (20-45 s each, four
+processes): the quick loop ``-m "not slow"`` keeps one kill-and-requeue run; CI runs them all.
+
 No test waits against a clock: a process is waited for as long as its run makes progress (a
 trial starts or finishes at least every ``IDLE_S`` seconds), so a slow machine never fails a
 test and a hang still does; every process a test started is killed when the test ends.
@@ -129,6 +132,7 @@ def _check_exactly_once(trials, outputs, storage):
             assert states == [optuna.trial.TrialState.COMPLETE] * n
 
 
+@pytest.mark.slow
 def test_three_workers_share_a_run_on_the_journal_storage(tmp_path, procs):
     storage = f"journal:{tmp_path / 'journal.log'}"
     trials, outputs, _ = _run_with_workers(tmp_path, storage, procs)
@@ -145,6 +149,7 @@ def postgres_url():
     return url
 
 
+@pytest.mark.slow
 def test_three_workers_share_a_run_on_postgresql_and_the_password_never_shows(tmp_path, procs,
                                                                               postgres_url,
                                                                               figures_on):
@@ -175,7 +180,7 @@ pruner = "none"
 """
 
 
-@pytest.fixture(params=["journal", "postgresql"])
+@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.slow)])
 def shared_storage(request, tmp_path):
     if request.param == "journal":
         return f"journal:{tmp_path / 'journal.log'}"
@@ -313,6 +318,7 @@ def test_soak_a_worker_killed_and_restarted_twice_on_postgresql(tmp_path, procs,
     assert len({w.pid for w, _, _ in lost}) == 2  # two incarnations of the worker each lost one
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_without_repeating_or_losing_a_trial(tmp_path, procs):
     study_file = tmp_path / "long.toml"
     study_file.write_text(STUDY_TOML.replace('strategies = ["full_finetune", "linear_probe"]',
