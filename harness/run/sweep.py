@@ -422,11 +422,13 @@ def run_worker(study: str, storage: str, device: str | None = None, run_id: str 
 
 SMALL_MODEL = 5_000_000  # parameters: below it, one thread per trial does ~as well as several
 JOB_TRIALS = 20  # trials per process at least: starting one (imports, data) costs a few seconds
-# one single-threaded process per core, not one per two: how a model's step scales with threads
-# decides, and it differs. finetune_vs_probe's small CNN steps 1.8x faster on 2 threads than on
-# 1, so one process with 2 threads ran it 11% faster (229 s against 257 s); peft_vs_full's tiny
-# ViT steps only 1.18x faster, so one process took 1,036 s where two took 619 s. The larger
-# loss decides the default; `--jobs 1` is the faster choice for convolutional studies on 2 cores.
+# Cores per process: how a model's step scales with threads decides, and it differs by kind.
+# finetune_vs_probe's small CNN steps 1.8x faster on 2 threads than on 1, so one process with 2
+# threads ran it 11% faster than two single-threaded ones (229 s against 257 s); peft_vs_full's
+# tiny ViT steps only 1.18x faster, so one process took 1,036 s where two took 619 s. So
+# convolutional studies get two cores a process, and a study with any attention model one; so
+# does a study with compiled cells, whose inductor compiles are mostly single-threaded Python.
+CORES_PER_JOB = {"convolutional": 2, "attention": 1, "compiled": 1}
 STOP_S = 30.0  # how long stopped workers get to give their trial back before they are killed
 
 
@@ -450,31 +452,40 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _largest_model(spec: StudySpec) -> tuple[str, int | None]:
-    """The study's largest backbone and its parameters (None when it cannot be built on the
-    meta device, counted as large), built without memory or weights."""
+def _has_attention(model) -> bool:
+    return any(type(m).__name__.endswith("Attention") for m in model.modules())
+
+
+def _largest_model(spec: StudySpec) -> tuple[str, int | None, bool]:
+    """The study's largest backbone, its parameters (None when it cannot be built on the meta
+    device, counted as large) and whether any of its backbones has attention layers (a module
+    class named ``*Attention``: the harness's ViT and text models, timm's, torch's
+    ``MultiheadAttention``), built without memory or weights."""
     import torch
 
     from harness.models.core import build_model
 
-    sizes = {}
+    sizes, attention = {}, False
     for name in spec.model_axis:
         try:
             with torch.device("meta"):
                 model = build_model(name, 3, len(spec.classes or (0, 1)))
             sizes[name] = sum(p.numel() for p in model.parameters())
+            attention = attention or _has_attention(model)
         except Exception:  # noqa: BLE001 - a backbone that needs more than this: count it as large
-            return name, None
+            return name, None, attention
     name = max(sizes, key=sizes.get)
-    return name, sizes[name]
+    return name, sizes[name], attention
 
 
 def choose_jobs(spec: StudySpec, jobs: int | None, threads: int | None = None) -> Jobs:
     """The processes and threads per process of a run on this machine.
 
     Given ``jobs``: that many, sharing the cores. Else one process, unless every cell runs on
-    the CPU with a small backbone: then one single-threaded process per core, at most one per
-    cell (a cell's search runs its trials in order) and per ``JOB_TRIALS`` trials.
+    the CPU with a small backbone: then one process per two cores for convolutional backbones
+    (one process with every thread on 2 cores), per core where a backbone has attention layers
+    or a cell compiles (``CORES_PER_JOB``), at most one per cell (a cell's search runs its
+    trials in order) and per ``JOB_TRIALS`` trials.
     """
     import torch
 
@@ -491,14 +502,17 @@ def choose_jobs(spec: StudySpec, jobs: int | None, threads: int | None = None) -
     if devices - {"cpu"}:
         return Jobs(1, each(1), f"auto: cells on {', '.join(sorted(devices))}, "
                                          "one process per accelerator")
-    model, size = _largest_model(spec)
+    model, size, attention = _largest_model(spec)
     if size is None or size >= SMALL_MODEL:
         return Jobs(1, each(1), f"auto: {model} is large; its trials use every core")
+    compiled = any(parse_execution(e).compile for e in spec.executions)
+    kind = "attention" if attention else "compiled" if compiled else "convolutional"
     trials = len(cells) * (spec.trials + spec.seeds)
-    n = max(1, min(cores, len(cells), trials // JOB_TRIALS))
+    n = max(1, min(cores // CORES_PER_JOB[kind], len(cells), trials // JOB_TRIALS))
     return Jobs(n, each(n),
                 f"auto: {cores} cores, {len(cells)} cells, {trials} trials, largest model "
-                f"{model} ({size / 1e6:.2f}M parameters)")
+                f"{model} ({size / 1e6:.2f}M parameters), {kind}: "
+                f"{CORES_PER_JOB[kind]} core(s) a process")
 
 
 @contextlib.contextmanager

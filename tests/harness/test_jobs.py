@@ -59,10 +59,22 @@ def test_jobs_share_the_cores_and_small_or_accelerated_studies_run_in_one_proces
     assert many.jobs == 2  # at most one per cell
     six = dataclasses.replace(SPEC, trials=30, strategies=("full_finetune", "linear_probe",
                                                           "bias_only", "lp_ft", "ulmfit", "lora"))
-    assert (choose_jobs(six, None).jobs, choose_jobs(six, None).threads) == (6, 1)  # one a core
+    # the small CNN's step scales with threads: two cores a process
+    cnn = choose_jobs(six, None)
+    assert (cnn.jobs, cnn.threads) == (4, 2) and "convolutional" in cnn.reason
+    # the tiny ViT's does not: one core a process, at most one per cell; so for compiled cells
+    vit = choose_jobs(dataclasses.replace(six, model="vit_tiny"), None)
+    assert (vit.jobs, vit.threads) == (6, 1) and "attention" in vit.reason
+    compiled = choose_jobs(dataclasses.replace(six, executions=("eager", "compile")), None)
+    assert (compiled.jobs, compiled.threads) == (8, 1) and "compiled" in compiled.reason  # 12 cells
+    # one attention backbone among the models decides
+    both = choose_jobs(dataclasses.replace(six, models=("small_cnn", "vit_tiny")), None)
+    assert both.jobs == 8 and "attention" in both.reason  # 12 cells
     assert json.dumps(many.to_dict())  # what env.json records
     monkeypatch.setattr("harness.run.sweep.usable_cores", lambda: 2)
-    assert (choose_jobs(six, None).jobs, choose_jobs(six, None).threads) == (2, 1)
+    assert choose_jobs(six, None).jobs == 1  # the default study on 2 cores: one process
+    assert (choose_jobs(dataclasses.replace(six, model="vit_tiny"), None).jobs,
+            choose_jobs(dataclasses.replace(six, model="vit_tiny"), None).threads) == (2, 1)
 
 
 @pytest.mark.slow
