@@ -8,10 +8,11 @@ parameters that need gradients change): their compile cost is per phase. Ansel e
 report a 1.41x geometric-mean training speedup on an A100; a small CNN on a CPU is another
 regime, and the question here is what this device gives.
 
-Runtime: 456-528 s for the whole command with ``--jobs 1`` from cold pretraining and inductor
-caches on 2 cores (3 runs, 20261203 21:59-22:55, machine otherwise idle). Inductor's caches
-make later trials of a graph warm (16 cold compiles, 80 warm ones): with them turned off every
-trial compiles from scratch, and the same command took 696 s (``scripts/bench_compile_cache.py``).
+Runtime: 382-528 s for the whole command with ``--jobs 1`` from cold pretraining and inductor
+caches on 2 cores (5 runs in two sessions, machine otherwise idle). Inductor's caches make later
+trials of a graph warm (16 cold compiles, 80 warm ones): with them turned off every trial
+compiles from scratch, and the same command took 586-696 s; side by side, 0.71 of that time
+(``scripts/bench_compile_cache.py``, 2 rounds).
 """
 
 import numpy as np
